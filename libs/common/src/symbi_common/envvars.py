@@ -1,0 +1,100 @@
+"""The one registry of environment variables Symbi reads.
+
+Each entry names the variable, the config key it overrides (``section.key``) and
+what it means. ``settings.load_settings`` applies them; ``symbi config env`` and
+``docs/configuration.md`` are generated from this table, and a test keeps the doc
+in step with it. Add a variable here, nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EnvVar:
+    name: str
+    key: str
+    """Dotted config key it overrides, or ``""`` for variables that are not config keys."""
+    description: str
+    secret: bool = False
+
+
+CONFIG_PATH = "SYMBI_CONFIG_PATH"
+
+REGISTRY: tuple[EnvVar, ...] = (
+    EnvVar(CONFIG_PATH, "", "Path of the TOML config file (default: ./symbi.toml if present)."),
+    EnvVar(
+        "SYMBI_RUNTIME_MODE", "runtime.mode", "`development` or `production`; production refuses placeholder secrets."
+    ),
+    EnvVar("SYMBI_LOG_LEVEL", "runtime.log_level", "DEBUG, INFO, WARNING or ERROR."),
+    EnvVar("SYMBI_LOG_FORMAT", "runtime.log_format", "`json` (default) or `console`."),
+    EnvVar("SYMBI_STATE_DIR", "runtime.state_dir", "Directory for local state (embedded NATS, Valkey, Qdrant, logs)."),
+    EnvVar("SYMBI_MAX_CONCURRENT_AGENTS", "runtime.max_concurrent_agents", "Upper bound on agents running at once."),
+    EnvVar("SYMBI_SCHEDULER_THREADS", "runtime.scheduler_threads", "Scheduler worker threads."),
+    EnvVar(
+        "SYMBI_MESSAGE_BUFFER_SIZE", "runtime.message_buffer_size", "Messages buffered per agent before back-pressure."
+    ),
+    EnvVar("SYMBI_GC_INTERVAL_MS", "runtime.gc_interval_ms", "Interval of the state garbage collector, in ms."),
+    EnvVar(
+        "SYMBI_DEFAULT_SANDBOX_TIER", "runtime.default_sandbox_tier", "`Tier1` (Docker/runc) or `Tier2` (gVisor/runsc)."
+    ),
+    EnvVar(
+        "SYMBI_ENFORCE_POLICIES", "security.enforce_policies", "Enforce policy decisions (true) or only record them."
+    ),
+    EnvVar("SYMBI_AUDIT_ENABLED", "security.audit_enabled", "Record audit events."),
+    EnvVar("SYMBI_CRYPTO_PROVIDER", "security.crypto_provider", "Crypto backend; `cryptography` is the one supported."),
+    EnvVar("SYMBI_AUDIT_STORAGE", "security.audit_storage", "Directory of the audit log (default: <state_dir>/audit)."),
+    EnvVar(
+        "QDRANT_URL", "context.vector_db_url", "Qdrant server URL; empty means embedded local mode under the state dir."
+    ),
+    EnvVar(
+        "SYMBI_EMBEDDING_DIMENSION", "context.embedding_dimension", "Embedding vector size; checked against the model."
+    ),
+    EnvVar("SYMBI_CONTEXT_CACHE_SIZE", "context.context_cache_size", "Entries in the embedding/context cache."),
+    EnvVar("SYMBI_KNOWLEDGE_RETENTION_DAYS", "context.knowledge_retention_days", "Days shared knowledge is kept."),
+    EnvVar(
+        "OPENAI_API_KEY",
+        "context.openai_api_key",
+        "Key for an OpenAI-compatible provider; unset means offline.",
+        secret=True,
+    ),
+    EnvVar(
+        "MCP_SERVER_DISCOVERY",
+        "mcp.discovery_enabled",
+        "Discover MCP servers from the registry and NATS announcements.",
+    ),
+    EnvVar("SYMBI_TOOL_VERIFICATION", "mcp.tool_verification", "`strict`, `warn` or `off` SchemaPin verification."),
+    EnvVar(
+        "SYMBI_MCP_CONNECTION_TIMEOUT_S",
+        "mcp.connection_timeout_s",
+        "Timeout to connect to one MCP server, in seconds.",
+    ),
+    EnvVar("SYMBI_MCP_MAX_CONCURRENT_CONNECTIONS", "mcp.max_concurrent_connections", "MCP connections open at once."),
+    EnvVar("SYMBI_NATS_URL", "nats.url", "NATS server URL(s), comma-separated."),
+    EnvVar("SYMBI_NATS_CONNECT_TIMEOUT_S", "nats.connect_timeout_s", "Deadline to reach NATS at start-up, in seconds."),
+    EnvVar("SYMBI_NATS_REQUEST_TIMEOUT_S", "nats.request_timeout_s", "Default request-reply timeout, in seconds."),
+    EnvVar("SYMBI_REDIS_URL", "redis.url", "Redis/Valkey URL."),
+    EnvVar("SYMBI_POLICY_ADDR", "policy.addr", "host:port of the policy gRPC service, for its clients."),
+    EnvVar("SYMBI_POLICY_HOST", "policy.host", "Address the policy service binds for gRPC."),
+    EnvVar("SYMBI_POLICY_PORT", "policy.port", "Port the policy service listens on for gRPC (0: any free port)."),
+    EnvVar("SYMBI_API_HOST", "api.host", "Address the HTTP API binds."),
+    EnvVar("SYMBI_API_PORT", "api.port", "Port of the HTTP API (0: any free port)."),
+    EnvVar("SYMBI_METRICS_HOST", "telemetry.metrics_host", "Address of each service's /metrics and /health endpoint."),
+    EnvVar(
+        "SYMBI_METRICS_PORT", "telemetry.metrics_port", "Port of each service's /metrics and /health endpoint (0: any)."
+    ),
+    EnvVar("SYMBI_OTLP_ENDPOINT", "telemetry.otlp_endpoint", "OTLP/HTTP traces endpoint; empty disables export."),
+)
+
+BY_NAME: dict[str, EnvVar] = {var.name: var for var in REGISTRY}
+
+
+def markdown_table() -> str:
+    """The registry as a Markdown table (used for docs/configuration.md)."""
+    rows = ["| variable | config key | meaning |", "|---|---|---|"]
+    for var in REGISTRY:
+        key = f"`{var.key}`" if var.key else "—"
+        secret = " (secret)" if var.secret else ""
+        rows.append(f"| `{var.name}` | {key} | {var.description}{secret} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,278 @@
+"""NATS helpers: connect with retry, typed protobuf request-reply, JetStream streams.
+
+Wire convention for request-reply: the request body is a protobuf message; the
+reply carries the header ``Symbi-Status`` = ``ok`` with the response message as
+body, or the error code with a ``symbi.v1.ErrorDetail`` body. ``traceparent``
+travels in the headers both ways. NATS failures are mapped to typed errors here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from google.protobuf.message import DecodeError, Message
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from symbi_common import telemetry
+from symbi_common.errors import (
+    DeadlineExceededError,
+    InternalError,
+    InvalidArgumentError,
+    SymbiError,
+    UnavailableError,
+    from_detail,
+    from_exception,
+)
+from symbi_common.retry import RetryPolicy, retry
+from symbi_common.settings import NatsSettings
+from symbi_proto.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+STATUS_HEADER = "Symbi-Status"
+STATUS_OK = "ok"
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+
+@dataclass(slots=True)
+class ConnectionEvents:
+    """Callbacks a caller may pass to hear about the connection's state."""
+
+    on_disconnect: Callable[[], None] = lambda: None
+    on_reconnect: Callable[[], None] = lambda: None
+    on_error: Callable[[BaseException], None] = lambda exc: None
+
+
+async def connect(settings: NatsSettings, name: str, events: ConnectionEvents | None = None) -> Client:
+    """Connect to NATS, retrying until ``connect_timeout_s``; reconnect forever afterwards."""
+    ev = events or ConnectionEvents()
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+        ev.on_error(exc)
+
+    async def disconnected_cb() -> None:
+        log.warning("nats disconnected")
+        ev.on_disconnect()
+
+    async def reconnected_cb() -> None:
+        log.info("nats reconnected")
+        ev.on_reconnect()
+
+    async def attempt() -> Client:
+        # nats-py retries a failed *initial* connect forever when max_reconnect_attempts is -1,
+        # so the first connect tries each server once; our retry policy owns the deadline.
+        try:
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=settings.servers,
+                    name=name,
+                    connect_timeout=min(2.0, settings.connect_timeout_s),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0.1,
+                    error_cb=error_cb,
+                    disconnected_cb=disconnected_cb,
+                    reconnected_cb=reconnected_cb,
+                ),
+                timeout=settings.connect_timeout_s,
+            )
+        except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+            raise UnavailableError(f"cannot reach NATS at {settings.url}: {exc}") from exc
+        nc.options["max_reconnect_attempts"] = -1  # once connected, reconnect for ever
+        nc.options["reconnect_time_wait"] = 0.5
+        return nc
+
+    policy = RetryPolicy(deadline_s=settings.connect_timeout_s, max_backoff_s=1.0)
+    return await retry(attempt, policy, what=f"connect to NATS at {settings.url}")
+
+
+def _map_nats_error(exc: BaseException, subject: str, timeout: float) -> SymbiError:
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return UnavailableError(f"no service is listening on {subject}")
+    if isinstance(exc, (nats.errors.TimeoutError, TimeoutError)):
+        return DeadlineExceededError(f"no reply on {subject} within {timeout:.2f}s")
+    if isinstance(exc, (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError)):
+        return UnavailableError(f"NATS connection is closed; cannot use {subject}")
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return InvalidArgumentError(f"payload for {subject} exceeds the server's max payload")
+    return from_exception(exc)
+
+
+async def request(
+    nc: Client,
+    subject: str,
+    message: Message,
+    response_type: type[Resp],
+    *,
+    timeout: float,
+) -> Resp:
+    """Send a protobuf request and return the typed reply, or raise the typed error."""
+    with telemetry.tracer().start_as_current_span(f"request {subject}", kind=trace.SpanKind.CLIENT):
+        try:
+            reply = await nc.request(subject, message.SerializeToString(), timeout=timeout, headers=telemetry.inject())
+        except Exception as exc:
+            raise _map_nats_error(exc, subject, timeout) from exc
+        return decode_reply(reply, response_type, subject)
+
+
+def decode_reply(reply: Msg, response_type: type[Resp], subject: str) -> Resp:
+    status = (reply.headers or {}).get(STATUS_HEADER, "")
+    if status != STATUS_OK:
+        detail = common_pb2.ErrorDetail()
+        try:
+            detail.ParseFromString(reply.data)
+        except DecodeError:
+            raise InternalError(f"reply on {subject} has status {status!r} and an unreadable body") from None
+        if not status:
+            raise InternalError(f"reply on {subject} lacks the {STATUS_HEADER} header")
+        raise from_detail(detail)
+    response = response_type()
+    try:
+        response.ParseFromString(reply.data)
+    except DecodeError:
+        raise InternalError(f"reply on {subject} is not a valid {response_type.DESCRIPTOR.full_name}") from None
+    return response
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    subject: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Req, RequestMeta], Awaitable[Message]]
+
+
+class RequestMetrics:
+    """Counters and latency for request-reply handlers, in a service's own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "symbi_nats_requests", "NATS requests handled", ["subject", "outcome"], registry=registry
+        )
+        self.latency = Histogram(
+            "symbi_nats_request_seconds",
+            "NATS request handling latency",
+            ["subject"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+        )
+
+
+async def serve(
+    nc: Client,
+    subject: str,
+    request_type: type[Req],
+    handler: Handler[Req],
+    *,
+    metrics: RequestMetrics | None = None,
+    queue: str = "",
+    on_error: Callable[[str, BaseException], None] | None = None,
+) -> Subscription:
+    """Answer protobuf requests on ``subject``; malformed input gets ``invalid_argument``."""
+
+    async def respond(msg: Msg) -> None:
+        if not msg.reply:
+            log.warning("dropping request on %s without a reply subject", msg.subject)
+            return
+        headers = dict(msg.headers or {})
+        started = time.perf_counter()
+        token = otel_context.attach(telemetry.extract(headers))
+        outcome = "ok"
+        try:
+            with telemetry.tracer().start_as_current_span(f"handle {subject}", kind=trace.SpanKind.SERVER):
+                body, status = await _handle(msg, headers, request_type, handler)
+                outcome = status
+                await nc.publish(msg.reply, body, headers=telemetry.inject({STATUS_HEADER: status}))
+        except Exception as exc:  # the reply itself failed: nothing more to tell the caller
+            outcome = "reply_failed"
+            log.error("cannot reply on %s: %s", msg.subject, exc)
+            if on_error is not None:
+                on_error(subject, exc)
+        finally:
+            otel_context.detach(token)
+            if metrics is not None:
+                metrics.requests.labels(subject, outcome).inc()
+                metrics.latency.labels(subject).observe(time.perf_counter() - started)
+
+    return await nc.subscribe(subject, queue=queue, cb=respond)
+
+
+async def _handle(
+    msg: Msg, headers: dict[str, str], request_type: type[Req], handler: Handler[Req]
+) -> tuple[bytes, str]:
+    request_msg = request_type()
+    try:
+        request_msg.ParseFromString(msg.data)
+    except DecodeError:
+        err: SymbiError = InvalidArgumentError(
+            f"payload on {msg.subject} is not a valid {request_type.DESCRIPTOR.full_name}"
+        )
+        return err.to_detail().SerializeToString(), err.code
+    try:
+        response = await handler(request_msg, RequestMeta(msg.subject, headers))
+    except SymbiError as exc:
+        return exc.to_detail().SerializeToString(), exc.code
+    except Exception as exc:
+        log.exception("handler for %s failed", msg.subject)
+        err = from_exception(exc)
+        return err.to_detail().SerializeToString(), err.code
+    return response.SerializeToString(), STATUS_OK
+
+
+async def ensure_stream(
+    js: JetStreamContext,
+    name: str,
+    subjects: list[str],
+    *,
+    duplicate_window_s: float = 120.0,
+    max_age_s: float = 0.0,
+) -> None:
+    """Create the stream, or update its subjects if it exists; file storage, dedup window."""
+    config = StreamConfig(
+        name=name,
+        subjects=subjects,
+        duplicate_window=duplicate_window_s,
+        max_age=max_age_s or None,
+    )
+    try:
+        info = await js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(config)
+        log.info("created JetStream stream %s for %s", name, subjects)
+        return
+    if sorted(info.config.subjects or []) != sorted(subjects):
+        await js.update_stream(config)
+        log.info("updated JetStream stream %s subjects to %s", name, subjects)
+
+
+async def publish_durable(
+    js: JetStreamContext, subject: str, message: Message, *, msg_id: str, timeout: float = 5.0
+) -> int:
+    """Publish into JetStream with ``Nats-Msg-Id`` dedup; returns the stream sequence."""
+    headers = telemetry.inject({MSG_ID_HEADER: msg_id})
+    try:
+        ack = await js.publish(subject, message.SerializeToString(), timeout=timeout, headers=headers)
+    except Exception as exc:
+        raise _map_nats_error(exc, subject, timeout) from exc
+    return int(ack.seq)

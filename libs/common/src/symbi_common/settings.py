@@ -1,0 +1,202 @@
+"""Settings: a TOML file with the seed's sections, overridden by environment variables.
+
+Precedence (highest first): environment variables from ``envvars.REGISTRY``, the
+TOML file (``SYMBI_CONFIG_PATH``, else ``./symbi.toml`` if present), defaults here.
+Unknown TOML sections or keys are errors, so a typo never silently falls back to a
+default. Every error names the key, where the value came from, and the problem.
+
+Settings are built once in ``main`` and passed down; nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from symbi_common import envvars
+from symbi_common.errors import ConfigError
+
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "placeholder", "secret", "test", "xxx", "sk-placeholder"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "symbi"
+
+
+class RuntimeSettings(_Section):
+    mode: Literal["development", "production"] = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    max_concurrent_agents: int = Field(default=1000, gt=0)
+    scheduler_threads: int = Field(default=4, gt=0, le=256)
+    message_buffer_size: int = Field(default=10_000, gt=0)
+    gc_interval_ms: int = Field(default=60_000, gt=0)
+    default_sandbox_tier: Literal["Tier1", "Tier2"] = "Tier2"
+
+
+class SecuritySettings(_Section):
+    enforce_policies: bool = True
+    audit_enabled: bool = True
+    crypto_provider: Literal["cryptography"] = "cryptography"
+    audit_storage: Path | None = None
+    """Audit log directory; ``None`` means ``<state_dir>/audit``."""
+
+
+class ContextSettings(_Section):
+    vector_db_url: str = ""
+    """Qdrant server URL; empty selects embedded local mode."""
+    embedding_dimension: int = Field(default=384, gt=0, le=65_536)
+    context_cache_size: int = Field(default=1000, ge=0)
+    knowledge_retention_days: int = Field(default=365, gt=0)
+    openai_api_key: SecretStr | None = None
+
+
+class McpSettings(_Section):
+    discovery_enabled: bool = False
+    tool_verification: Literal["strict", "warn", "off"] = "strict"
+    connection_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_concurrent_connections: int = Field(default=10, gt=0, le=10_000)
+
+
+class NatsSettings(_Section):
+    url: str = "nats://127.0.0.1:4222"
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    request_timeout_s: float = Field(default=5.0, gt=0, le=600)
+
+    @property
+    def servers(self) -> list[str]:
+        return [part.strip() for part in self.url.split(",") if part.strip()]
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+class PolicySettings(_Section):
+    addr: str = "127.0.0.1:50051"
+    host: str = "127.0.0.1"
+    port: int = Field(default=50051, ge=0, le=65_535)
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65_535)
+
+
+class TelemetrySettings(_Section):
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9100, ge=0, le=65_535)
+    otlp_endpoint: str = ""
+
+
+class Settings(_Section):
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    context: ContextSettings = Field(default_factory=ContextSettings)
+    mcp: McpSettings = Field(default_factory=McpSettings)
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    @property
+    def audit_storage(self) -> Path:
+        return self.security.audit_storage or self.runtime.state_dir / "audit"
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """A copy with dotted keys replaced (``{"nats.url": ...}``), validated again."""
+        data = self.model_dump()
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            data[section][key] = value
+        try:
+            return Settings.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, {})) from None
+
+
+def find_config_path(environ: Mapping[str, str]) -> Path | None:
+    explicit = environ.get(envvars.CONFIG_PATH)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{envvars.CONFIG_PATH}={explicit}: no such file")
+        return path
+    local = Path("symbi.toml")
+    return local if local.is_file() else None
+
+
+def load_settings(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build settings from a TOML file (or the discovered one) and the environment."""
+    env = os.environ if environ is None else environ
+    config_path = path if path is not None else find_config_path(env)
+    data: dict[str, dict[str, Any]] = {}
+    sources: dict[tuple[str, str], str] = {}
+    if config_path is not None:
+        data = _read_toml(config_path)
+        for section, values in data.items():
+            for key in values:
+                sources[(section, key)] = f"in {config_path}"
+    for var in envvars.REGISTRY:
+        if not var.key or var.name not in env:
+            continue
+        section, _, key = var.key.partition(".")
+        data.setdefault(section, {})[key] = env[var.name]
+        shown = "***" if var.secret else env[var.name]
+        sources[(section, key)] = f"from {var.name}={shown!r}"
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from None
+    check_secrets(settings)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path}: `{section}` must be a [section] table")
+    return raw
+
+
+def _describe(exc: ValidationError, sources: Mapping[tuple[str, str], str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        if len(loc) >= 2:
+            name, where = f"[{loc[0]}].{loc[1]}", sources.get((loc[0], loc[1]), "")
+        else:
+            name, where = f"[{loc[0]}]" if loc else "config", ""
+        problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{name} {where}: {problem}".replace("  ", " "))
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def check_secrets(settings: Settings) -> None:
+    """Refuse placeholder secrets outside development."""
+    if settings.runtime.mode != "production":
+        return
+    key = settings.context.openai_api_key
+    if key is not None and key.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+        raise ConfigError("[context].openai_api_key: a placeholder secret is not allowed in production mode")

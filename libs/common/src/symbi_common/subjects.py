@@ -1,0 +1,84 @@
+"""Every NATS subject and stream name Symbi uses, in one module.
+
+Services import these constants; no subject string is written anywhere else.
+Per-instance subjects are built by the functions below so their shape lives here too.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "symbi"
+
+# Health: every replica answers both its service subject and the broadcast one.
+HEALTH_ALL = f"{PREFIX}.health.all"
+
+
+def health(service: str) -> str:
+    return f"{PREFIX}.health.{token(service)}"
+
+
+# Policy (decisions themselves go over gRPC).
+POLICY_UPDATED = f"{PREFIX}.policy.updated"
+POLICY_SYNC = f"{PREFIX}.policy.sync"
+
+# Audit: published into the AUDIT JetStream stream; queried over request-reply.
+AUDIT_STREAM = "AUDIT"
+AUDIT_EVENTS = f"{PREFIX}.audit.>"
+AUDIT_DEAD_LETTER = f"{PREFIX}.deadletter.audit"
+AUDIT_QUERY = f"{PREFIX}.auditq.query"
+AUDIT_VERIFY = f"{PREFIX}.auditq.verify"
+
+
+def audit_event(event_type: str) -> str:
+    return f"{PREFIX}.audit.{token(event_type)}"
+
+
+# Lifecycle.
+LIFECYCLE_PREFIX = f"{PREFIX}.lifecycle"
+
+
+def lifecycle(operation: str) -> str:
+    return f"{LIFECYCLE_PREFIX}.{token(operation)}"
+
+
+def agent_state(agent_id: str) -> str:
+    return f"{PREFIX}.agent.{token(agent_id)}.state"
+
+
+# Scheduler and workers.
+SCHEDULER_PREFIX = f"{PREFIX}.scheduler"
+WORKER_CAPACITY_ALL = f"{PREFIX}.worker.*.capacity"
+
+
+def scheduler(operation: str) -> str:
+    return f"{SCHEDULER_PREFIX}.{token(operation)}"
+
+
+def worker_capacity(node: str) -> str:
+    return f"{PREFIX}.worker.{token(node)}.capacity"
+
+
+def sandbox(node: str, operation: str) -> str:
+    return f"{PREFIX}.sandbox.{token(node)}.{token(operation)}"
+
+
+# Context and tools.
+def context(operation: str) -> str:
+    return f"{PREFIX}.context.{token(operation)}"
+
+
+def tools(operation: str) -> str:
+    return f"{PREFIX}.tools.{token(operation)}"
+
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def token(value: str) -> str:
+    """Validate one subject token: no dots, wildcards or whitespace may be smuggled in."""
+    if not _TOKEN.fullmatch(value):
+        from symbi_common.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"{value!r} is not a valid subject token (letters, digits, '-', '_')")
+    return value

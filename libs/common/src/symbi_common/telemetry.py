@@ -1,0 +1,124 @@
+"""OpenTelemetry tracing: provider set-up and W3C ``traceparent`` propagation.
+
+``inject``/``extract`` carry the context in NATS headers; ``TracingServerInterceptor``
+and ``TracingClientInterceptor`` carry it in gRPC metadata, so one trace spans the
+API, the NATS hops and the synchronous policy calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import get_global_textmap
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+log = logging.getLogger(__name__)
+
+TRACER_NAME = "symbi"
+
+
+def configure_tracing(
+    service: str,
+    instance: str,
+    *,
+    otlp_endpoint: str = "",
+    processors: Sequence[SpanProcessor] = (),
+) -> TracerProvider:
+    """Install a tracer provider for this process.
+
+    With ``otlp_endpoint`` spans are exported over OTLP/HTTP when the exporter package
+    is installed; extra ``processors`` (tests use an in-memory exporter) are added as given.
+    """
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"symbi-{service}", "service.instance.id": instance})
+    )
+    for processor in processors:
+        provider.add_span_processor(processor)
+    if otlp_endpoint:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+                OTLPSpanExporter,
+            )
+        except ImportError:
+            log.warning("SYMBI_OTLP_ENDPOINT is set but the OTLP exporter is not installed; traces stay local")
+        else:
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def inject(carrier: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Headers carrying the current trace context (``traceparent``, ``tracestate``)."""
+    headers: dict[str, str] = dict(carrier or {})
+    get_global_textmap().inject(headers)
+    return headers
+
+
+def extract(carrier: Mapping[str, str] | None) -> otel_context.Context:
+    """The trace context carried by headers or metadata (empty context if none)."""
+    return get_global_textmap().extract(dict(carrier or {}))
+
+
+class TracingServerInterceptor(grpc.aio.ServerInterceptor):
+    """Continue the caller's trace for every incoming unary gRPC call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        metadata = {
+            key: value for key, value in (handler_call_details.invocation_metadata or ()) if isinstance(value, str)
+        }
+        method = handler_call_details.method
+        inner: Any = handler.unary_unary
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            token = otel_context.attach(extract(metadata))
+            try:
+                with tracer().start_as_current_span(method, kind=trace.SpanKind.SERVER):
+                    return await inner(request, context)
+            finally:
+                otel_context.detach(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            traced,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Put the current trace context into the metadata of every outgoing unary call."""
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+        for key, value in inject().items():
+            metadata.add(key, value)
+        details = grpc.aio.ClientCallDetails(
+            client_call_details.method,
+            client_call_details.timeout,
+            metadata,
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)
