@@ -1,0 +1,1 @@
+"""The ``symbi`` command line."""

@@ -1,0 +1,1 @@
+"""HTTP API gateway (FastAPI) in front of every Symbi service."""

@@ -1,0 +1,1 @@
+"""Audit trail: signed, hash-chained, Merkle-checkpointed log fed from JetStream."""

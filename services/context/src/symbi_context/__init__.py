@@ -1,0 +1,1 @@
+"""Context and knowledge: agent memory, Qdrant vectors, RAG."""

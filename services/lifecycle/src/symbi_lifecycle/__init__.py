@@ -1,0 +1,1 @@
+"""Agent lifecycle controller: persisted state machine for every agent."""

@@ -1,0 +1,16 @@
+"""Lifecycle service bootstrap: NATS, Redis, health and metrics.
+
+State lives in Redis; the lifecycle logic registers its handlers on the context here.
+"""
+
+from __future__ import annotations
+
+from symbi_common import redisio
+from symbi_common.service import ServiceContext, ServiceSpec
+
+
+async def setup(ctx: ServiceContext) -> None:
+    await redisio.attach(ctx)
+
+
+SPEC = ServiceSpec(name="lifecycle", summary="agent records and their state machine", setup=setup)

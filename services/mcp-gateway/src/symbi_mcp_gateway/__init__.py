@@ -1,0 +1,1 @@
+"""MCP gateway: tool discovery, SchemaPin verification, policy and audit on every call."""

@@ -1,0 +1,1 @@
+"""Policy engine: declarative policies compiled to fast evaluators, decided over gRPC."""

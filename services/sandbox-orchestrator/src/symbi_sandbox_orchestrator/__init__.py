@@ -1,0 +1,1 @@
+"""Sandbox orchestrator: tasks in Docker (runc) or gVisor (runsc), or Kubernetes pods."""

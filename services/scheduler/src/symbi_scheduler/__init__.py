@@ -1,0 +1,1 @@
+"""Scheduler: priority queues, placement and preemption across workers."""
