@@ -1,0 +1,135 @@
+"""`symbi up` brings every service up healthy and Ctrl-C leaves nothing running."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from symbi_common import catalog, fleet, natsio
+from symbi_common.health import is_ready
+from symbi_common.settings import NatsSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+READY_LINE = "services ready"
+
+
+def symbi(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "symbi_cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def stack_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
+    env.update({"SYMBI_API_PORT": "0", "SYMBI_POLICY_PORT": "0", "DOCKER_HOST": f"unix://{tmp_path}/absent.sock"})
+    return env
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line.rstrip())
+        if needle in line:
+            return lines
+    raise AssertionError(f"never saw {needle!r}; output so far:\n" + "\n".join(lines))
+
+
+async def all_healthy(nats_url: str) -> dict[str, bool]:
+    nc = await natsio.connect(NatsSettings(url=nats_url, connect_timeout_s=5), "test-up")
+    try:
+        replies = await fleet.collect(nc, window_s=1.0, expect=catalog.SERVICE_NAMES)
+    finally:
+        await nc.close()
+    return {s.service: is_ready(s) for s in replies}
+
+
+def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = stack_env(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "symbi_cli", "up", "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        output = wait_for_line(proc, READY_LINE, timeout_s=120)
+        text = "\n".join(output)
+        assert f"all {len(catalog.SERVICE_NAMES)} services ready" in text
+        assert "Docker unavailable" in text  # a missing optional component is said plainly
+        up = json.loads((state / "up.json").read_text())
+        assert set(up["services"]) == set(catalog.SERVICE_NAMES)
+
+        health = asyncio.run(all_healthy(up["nats_url"]))
+        assert health == dict.fromkeys(catalog.SERVICE_NAMES, True)
+
+        status = symbi("status", "--state-dir", str(state), env=env)
+        assert status.returncode == 0, status.stdout + status.stderr
+        for name in catalog.SERVICE_NAMES:
+            assert name in status.stdout
+
+        response = httpx.get(f"{up['api_url']}/health", timeout=10)
+        assert response.status_code == 200
+        assert response.json()["missing"] == []
+
+        again = symbi("up", "--state-dir", str(state), env=env)
+        assert again.returncode == 2
+        assert "another `symbi up` is running" in again.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    assert "symbi up: stopped" in rest
+    pids = [svc["pid"] for svc in up["services"].values()] + up["infra_pids"]
+    deadline = time.monotonic() + 10
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in pids if pid_alive(pid)] == []
+    assert not (state / "up.json").exists()
+
+
+def test_up_restarts_a_crashed_service(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = stack_env(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "symbi_cli", "up", "--state-dir", str(state), "--only", "mcp-gateway"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        wait_for_line(proc, READY_LINE, timeout_s=60)
+        up = json.loads((state / "up.json").read_text())
+        os.kill(up["services"]["mcp-gateway"]["pid"], signal.SIGKILL)
+        wait_for_line(proc, "mcp-gateway exited (-9); restarting", timeout_s=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            health = asyncio.run(all_healthy(up["nats_url"]))
+            if health.get("mcp-gateway"):
+                break
+        assert health.get("mcp-gateway") is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
