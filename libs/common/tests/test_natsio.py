@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from nats.js.api import StreamConfig
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -130,8 +131,9 @@ async def test_stream_dedups_by_message_id(nc: Client) -> None:
     js = nc.jetstream()
     name = f"T{new_id().replace('-', '')[:12]}"
     subj = f"dedup.{name}.>"
-    await natsio.ensure_stream(js, name, [subj])
-    await natsio.ensure_stream(js, name, [subj])  # idempotent
+    config = StreamConfig(name=name, subjects=[subj], duplicate_window=120)
+    await natsio.ensure_stream(js, config)
+    await natsio.ensure_stream(js, config)  # idempotent
     event = health_pb2.HealthStatus(service="x")
     first = await natsio.publish_durable(js, f"dedup.{name}.a", event, msg_id="same")
     second = await natsio.publish_durable(js, f"dedup.{name}.a", event, msg_id="same")
@@ -140,7 +142,7 @@ async def test_stream_dedups_by_message_id(nc: Client) -> None:
     assert third == first + 1
     info = await js.stream_info(name)
     assert info.state.messages == 2
-    await natsio.ensure_stream(js, name, [subj, f"more.{name}"])
+    await natsio.ensure_stream(js, StreamConfig(name=name, subjects=[subj, f"more.{name}"]))
     assert sorted((await js.stream_info(name)).config.subjects or []) == sorted([subj, f"more.{name}"])
     await js.delete_stream(name)
 

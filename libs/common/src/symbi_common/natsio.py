@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 STATUS_HEADER = "Symbi-Status"
 STATUS_OK = "ok"
 MSG_ID_HEADER = "Nats-Msg-Id"
+STREAM_NAME_IN_USE = 10058  # JetStream API error code
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -240,30 +241,31 @@ async def _handle(
     return response.SerializeToString(), STATUS_OK
 
 
-async def ensure_stream(
-    js: JetStreamContext,
-    name: str,
-    subjects: list[str],
-    *,
-    duplicate_window_s: float = 120.0,
-    max_age_s: float = 0.0,
-) -> None:
-    """Create the stream, or update its subjects if it exists; file storage, dedup window."""
-    config = StreamConfig(
-        name=name,
-        subjects=subjects,
-        duplicate_window=duplicate_window_s,
-        max_age=max_age_s or None,
-    )
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or update it if its subjects changed (config is the caller's one definition)."""
+    name = config.name or ""
+    try:
+        await _ensure_stream(js, config, name)
+    except SymbiError:
+        raise
+    except Exception as exc:
+        raise _map_nats_error(exc, f"$JS.API.STREAM.*.{name}", 0.0) from exc
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig, name: str) -> None:
     try:
         info = await js.stream_info(name)
     except nats.js.errors.NotFoundError:
-        await js.add_stream(config)
-        log.info("created JetStream stream %s for %s", name, subjects)
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:  # another replica created it first
+                raise
+        log.info("created JetStream stream %s for %s", name, config.subjects)
         return
-    if sorted(info.config.subjects or []) != sorted(subjects):
+    if sorted(info.config.subjects or []) != sorted(config.subjects or []):
         await js.update_stream(config)
-        log.info("updated JetStream stream %s subjects to %s", name, subjects)
+        log.info("updated JetStream stream %s subjects to %s", name, config.subjects)
 
 
 async def publish_durable(

@@ -31,7 +31,8 @@ AUDIT_VERIFY = f"{PREFIX}.auditq.verify"
 
 
 def audit_event(event_type: str) -> str:
-    return f"{PREFIX}.audit.{token(event_type)}"
+    """``symbi.audit.<event_type>``; a dotted type (``policy.decision``) spans several tokens."""
+    return f"{PREFIX}.audit.{dotted(event_type)}"
 
 
 # Lifecycle.
@@ -70,6 +71,13 @@ def context(operation: str) -> str:
 
 def tools(operation: str) -> str:
     return f"{PREFIX}.tools.{token(operation)}"
+
+
+def dotted(value: str) -> str:
+    """Validate a dotted name whose parts are each one subject token."""
+    for part in value.split("."):
+        token(part)
+    return value
 
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")

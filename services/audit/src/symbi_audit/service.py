@@ -11,7 +11,7 @@ import logging
 
 import nats.js.errors
 
-from symbi_common import natsio, subjects
+from symbi_common import audit_events, subjects
 from symbi_common.health import NOT_SERVING, SERVING, CheckResult
 from symbi_common.service import ServiceContext, ServiceSpec
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 async def setup(ctx: ServiceContext) -> None:
-    await natsio.ensure_stream(ctx.js, subjects.AUDIT_STREAM, [subjects.AUDIT_EVENTS])
+    await audit_events.ensure_stream(ctx.js)
     storage = ctx.settings.audit_storage
     storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     ctx.health.endpoints["storage"] = str(storage)

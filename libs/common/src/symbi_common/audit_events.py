@@ -1,0 +1,159 @@
+"""Emitting audit events: every service's one way into the audit trail.
+
+A producer builds an ``AuditEvent`` (the producer-owned fields of the contract in
+``proto/symbi/v1/audit.proto``) and publishes it durably into the ``AUDIT`` JetStream
+stream on ``symbi.audit.<event_type>`` with ``Nats-Msg-Id = event_id``:
+
+- JetStream stores the event before acknowledging, so events wait in the stream while
+  the audit service is down and are appended when it returns;
+- a retried publish carries the same ``Nats-Msg-Id`` and is dropped as a duplicate
+  inside the stream's duplicate window (the audit service also dedups by event_id);
+- a publish that cannot be acknowledged raises ``UnavailableError``: the caller decides
+  (an operation whose policy requires audit must then fail closed).
+
+The stream configuration lives here, once: whichever side starts first (a producer or
+the audit service) creates it with the same settings.
+
+Services depend on the ``AuditSink`` protocol, and get an ``AuditPublisher`` in
+production and tests alike (tests use a real nats-server).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from google.protobuf.struct_pb2 import Struct
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from opentelemetry import trace
+
+from symbi_common import natsio, subjects
+from symbi_common.errors import InvalidArgumentError, SymbiError, UnavailableError
+from symbi_common.ids import new_id
+from symbi_common.retry import RetryPolicy, retry
+from symbi_proto.v1 import audit_pb2
+
+log = logging.getLogger(__name__)
+
+# Events stay in the stream for this long whether or not the audit service has
+# consumed them; the audit service's own storage is the system of record.
+STREAM_MAX_AGE_S = 30 * 24 * 3600.0
+STREAM_DUPLICATE_WINDOW_S = 600.0
+MAX_DETAILS_BYTES = 64 * 1024
+
+
+def stream_config() -> StreamConfig:
+    """The one configuration of the ``AUDIT`` stream (file storage, dedup window, limits retention)."""
+    return StreamConfig(
+        name=subjects.AUDIT_STREAM,
+        subjects=[subjects.AUDIT_EVENTS],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        duplicate_window=STREAM_DUPLICATE_WINDOW_S,
+        max_age=STREAM_MAX_AGE_S,
+    )
+
+
+async def ensure_stream(js: JetStreamContext) -> None:
+    await natsio.ensure_stream(js, stream_config())
+
+
+class AuditSink(Protocol):
+    """Where services send audit events."""
+
+    async def emit(self, event: audit_pb2.AuditEvent) -> int:
+        """Store the event durably; return its stream sequence (0 when auditing is disabled)."""
+        ...
+
+
+def details_struct(details: Mapping[str, Any] | None) -> Struct:
+    """A ``Struct`` from JSON-like data; anything else is an InvalidArgumentError, not a crash."""
+    struct = Struct()
+    if not details:
+        return struct
+    try:
+        struct.update(dict(details))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidArgumentError(f"audit details are not JSON-like data: {exc}") from None
+    if struct.ByteSize() > MAX_DETAILS_BYTES:
+        raise InvalidArgumentError(f"audit details exceed {MAX_DETAILS_BYTES // 1024} KiB")
+    return struct
+
+
+def build_event(
+    event_type: str,
+    *,
+    source: str,
+    agent_id: str = "",
+    details: Mapping[str, Any] | None = None,
+    outcome: audit_pb2.AuditOutcome.ValueType = audit_pb2.AUDIT_OUTCOME_SUCCESS,
+    correlation_id: str = "",
+    tenant: str = "",
+    data_labels: Iterable[str] = (),
+) -> audit_pb2.AuditEvent:
+    """A new event with a fresh id, the current time and the current trace id."""
+    subjects.audit_event(event_type)  # validates the dotted type
+    event = audit_pb2.AuditEvent(
+        event_id=new_id(),
+        agent_id=agent_id,
+        event_type=event_type,
+        details=details_struct(details),
+        source=source,
+        tenant=tenant,
+        correlation_id=correlation_id,
+        outcome=outcome,
+        data_labels=list(data_labels),
+    )
+    event.timestamp.GetCurrentTime()
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        event.trace_id = f"{span.trace_id:032x}"
+    return event
+
+
+class AuditPublisher:
+    """Publishes audit events into JetStream; implements ``AuditSink``."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        source: str,
+        *,
+        enabled: bool = True,
+        timeout_s: float = 5.0,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self.js = js
+        self.source = source
+        self.enabled = enabled
+        self.timeout_s = timeout_s
+        self.retry_policy = retry_policy or RetryPolicy(deadline_s=timeout_s, max_backoff_s=0.5)
+        self._stream_ready = False
+        if not enabled:
+            log.warning("auditing is disabled ([security].audit_enabled = false): %s records nothing", source)
+
+    async def emit(self, event: audit_pb2.AuditEvent) -> int:
+        if not self.enabled:
+            return 0
+        if not event.event_id or not event.event_type or not event.HasField("timestamp"):
+            raise InvalidArgumentError("an audit event needs event_id, event_type and timestamp (use build_event)")
+        subject = subjects.audit_event(event.event_type)
+
+        async def attempt() -> int:
+            if not self._stream_ready:
+                await ensure_stream(self.js)
+                self._stream_ready = True
+            return await natsio.publish_durable(self.js, subject, event, msg_id=event.event_id, timeout=self.timeout_s)
+
+        try:
+            return await retry(attempt, self.retry_policy, what=f"publish audit event {event.event_type}")
+        except SymbiError as exc:
+            raise UnavailableError(f"audit event {event.event_id} ({event.event_type}) not stored: {exc}") from exc
+
+    async def record(self, event_type: str, **fields: Any) -> audit_pb2.AuditEvent:
+        """Build an event (see ``build_event``) from this publisher's source and emit it."""
+        event = build_event(event_type, source=self.source, **fields)
+        await self.emit(event)
+        return event
