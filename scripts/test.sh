@@ -2,9 +2,12 @@
 # One command: install what is needed, then run every check CI runs:
 # format check, lint, type check, generated-code check, and the full test suite.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k settings).
+# Needs a Docker engine with runc and runsc (gVisor) for the container and sandbox
+# tests: as root, scripts/docker-setup.sh installs and starts one when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+scripts/docker-setup.sh
 
 step() { printf '\n==> %s\n' "$*"; }
 step "format (ruff format --check)"
