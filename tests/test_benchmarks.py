@@ -14,7 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SMOKE_ARGS = {"natsio_rpc.py": ["--requests", "64", "--concurrency", "4"]}
+SMOKE_ARGS = {
+    "natsio_rpc.py": ["--requests", "64", "--concurrency", "4"],
+    "envelope.py": ["--messages", "50"],
+}
 
 
 @pytest.mark.parametrize("script", sorted(SMOKE_ARGS))

@@ -10,6 +10,7 @@ Modules, by what they hold:
 - ``natsio`` / ``subjects``: NATS connection, request-reply and JetStream helpers; subject names.
 - ``health`` / ``opshttp``: health registry, ``/metrics`` and ``/health`` endpoints.
 - ``service`` / ``supervisor`` / ``retry``: the one service bootstrap, background tasks, retry policy.
+- ``envelope`` / ``replay``: the secure message envelope (AES-256-GCM, Ed25519, X25519 + HKDF) and replay caches.
 - ``audit_events``: the AUDIT stream definition and the durable audit-event publisher.
 - ``embedded``: managed local processes (nats-server, Valkey/Redis) for ``symbi up`` and tests.
 """
