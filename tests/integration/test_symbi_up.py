@@ -103,6 +103,8 @@ def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest
     assert "symbi up: stopped" in rest
+    for name in catalog.SERVICE_NAMES:  # each service finished its own graceful shutdown
+        assert f"{name:<21} stopped (exit 0)" in rest, rest
     pids = [svc["pid"] for svc in up["services"].values()] + up["infra_pids"]
     deadline = time.monotonic() + 10
     while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -68,3 +69,23 @@ def test_port_helpers() -> None:
         sock.bind(("127.0.0.1", port))
         sock.listen()
         assert embedded.port_in_use("127.0.0.1", port)
+
+
+def test_a_process_asked_to_stop_is_signalled_once(tmp_path: Path) -> None:
+    # Like a service: the first SIGTERM starts a graceful shutdown, after which the
+    # default disposition is back, so a second SIGTERM would kill it mid-exit.
+    script = (
+        "import signal, sys, time\n"
+        "def stop(*_):\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+        "    time.sleep(0.5)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = embedded.ManagedProcess("graceful", [sys.executable, "-c", script], tmp_path / "g.log")
+    proc.start()
+    embedded.wait_until(lambda: "up" in proc.tail(), timeout_s=10, what="graceful", process=proc)
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_or_kill(grace_s=10) == 0

@@ -179,7 +179,7 @@ class Stack:
         for child in reversed(list(self.children.values())):
             child.process.signal(signal.SIGTERM)
         for child in reversed(list(self.children.values())):
-            code = child.process.stop(grace_s)
+            code = child.process.wait_or_kill(grace_s)
             self.say(f"  {child.name:<21} stopped (exit {code})")
         for server in reversed(self.infra):
             server.stop(grace_s)

@@ -74,9 +74,17 @@ class ManagedProcess:
 
     def stop(self, grace_s: float = 10.0) -> int | None:
         """SIGTERM the process group, wait up to ``grace_s``, then SIGKILL. Returns the exit code."""
+        self.signal(signal.SIGTERM)
+        return self.wait_or_kill(grace_s)
+
+    def wait_or_kill(self, grace_s: float) -> int | None:
+        """Wait up to ``grace_s`` for an exit already asked for, then SIGKILL. Returns the exit code.
+
+        A second SIGTERM is never sent: a service that has finished its shutdown and is
+        exiting would die of it (exit -15) instead of exiting 0.
+        """
         if self.process is None:
             return None
-        self.signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:

@@ -71,7 +71,12 @@ async def connect(settings: NatsSettings, name: str, events: ConnectionEvents | 
         log.warning("nats error: %s", exc)
         ev.on_error(exc)
 
+    connected: list[Client] = []  # the client, once made: lets the callback tell a close from a loss
+
     async def disconnected_cb() -> None:
+        if connected and connected[0].is_closed:
+            log.debug("nats connection closed")
+            return
         log.warning("nats disconnected")
         ev.on_disconnect()
 
@@ -101,6 +106,7 @@ async def connect(settings: NatsSettings, name: str, events: ConnectionEvents | 
             raise UnavailableError(f"cannot reach NATS at {settings.url}: {exc}") from exc
         nc.options["max_reconnect_attempts"] = -1  # once connected, reconnect for ever
         nc.options["reconnect_time_wait"] = 0.5
+        connected[:] = [nc]
         return nc
 
     policy = RetryPolicy(deadline_s=settings.connect_timeout_s, max_backoff_s=1.0)
