@@ -89,3 +89,11 @@ def test_a_process_asked_to_stop_is_signalled_once(tmp_path: Path) -> None:
     embedded.wait_until(lambda: "up" in proc.tail(), timeout_s=10, what="graceful", process=proc)
     proc.signal(signal.SIGTERM)
     assert proc.wait_or_kill(grace_s=10) == 0
+
+
+def test_free_ports_avoid_those_already_handed_out() -> None:
+    chosen: set[int] = set()
+    for _ in range(50):
+        port = embedded.free_port(avoid=chosen)
+        assert port not in chosen
+        chosen.add(port)

@@ -11,7 +11,8 @@ from symbi_common.service import run_service
 
 def register(commands: Any) -> None:
     names = catalog.available()
-    listing = "\n".join(f"  {name:<22}{catalog.load(name).summary}" for name in names)
+    summaries = catalog.summaries()  # from package metadata: `symbi --help` imports no service
+    listing = "\n".join(f"  {name:<22}{summaries.get(name, '')}" for name in names)
     parser = commands.add_parser(
         "serve",
         help="run one service in the foreground",

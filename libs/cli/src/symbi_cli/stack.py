@@ -112,7 +112,10 @@ class Stack:
 
     def spawn(self, name: str) -> ServiceProcess:
         previous = self.children.get(name)
-        port = previous.metrics_port if previous else embedded.free_port(self.settings.telemetry.metrics_host)
+        taken = {self.plan.api_port, self.plan.policy_port, *(c.metrics_port for c in self.children.values())}
+        port = (
+            previous.metrics_port if previous else embedded.free_port(self.settings.telemetry.metrics_host, avoid=taken)
+        )
         argv = [sys.executable, "-m", "symbi_cli", "serve", name]
         proc = embedded.ManagedProcess(
             name, argv, self.plan.state_dir / "logs" / f"{name}.log", env=self.service_env(port)

@@ -49,8 +49,10 @@ def plan_stack(args: argparse.Namespace, settings: Settings) -> StackPlan:
         unknown = [name for name in services if name not in available]
         if unknown:
             raise ConfigError(f"--only: unknown service(s) {', '.join(unknown)}; known: {', '.join(available)}")
-    api_port = _port("api", settings.api.host, settings.api.port, "[api].port or SYMBI_API_PORT")
-    policy_port = _port("policy gRPC", settings.policy.host, settings.policy.port, "[policy].port or SYMBI_POLICY_PORT")
+    api_port = _port("api", settings.api.host, settings.api.port, "[api].port or SYMBI_API_PORT", ())
+    policy_port = _port(
+        "policy gRPC", settings.policy.host, settings.policy.port, "[policy].port or SYMBI_POLICY_PORT", (api_port,)
+    )
     return StackPlan(
         state_dir=(args.state_dir or settings.runtime.state_dir).resolve(),
         services=services,
@@ -62,9 +64,9 @@ def plan_stack(args: argparse.Namespace, settings: Settings) -> StackPlan:
     )
 
 
-def _port(what: str, host: str, port: int, how: str) -> int:
+def _port(what: str, host: str, port: int, how: str, taken: tuple[int, ...]) -> int:
     if port == 0:
-        return embedded.free_port(host)
+        return embedded.free_port(host, avoid=taken)
     if embedded.port_in_use(host, port):
         raise ConfigError(f"port {port} on {host} for {what} is in use; choose another with {how} (0 picks a free one)")
     return port

@@ -34,6 +34,15 @@ def available() -> list[str]:
     return known + sorted(names - set(SERVICE_NAMES))
 
 
+def summaries() -> dict[str, str]:
+    """Each installed service's one-line description, from its package metadata (imports nothing)."""
+    found: dict[str, str] = {}
+    for ep in entry_points(group=GROUP):
+        meta = ep.dist.metadata if ep.dist is not None else None
+        found[ep.name] = str(meta["Summary"]) if meta is not None and meta["Summary"] else ep.value
+    return found
+
+
 def load(name: str) -> ServiceSpec:
     matches = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not matches:

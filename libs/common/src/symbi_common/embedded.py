@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,10 +132,19 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str = "127.0.0.1", *, avoid: Collection[int] = ()) -> int:
+    """A port free right now, other than those in ``avoid``.
+
+    Ports handed out but not yet bound look free to the kernel, which readily offers
+    the same one again; callers that pick several before binding any pass ``avoid``.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
+    raise UnavailableError(f"no free port on {host} outside the {len(avoid)} already chosen")  # pragma: no cover
 
 
 def _tcp_ready(host: str, port: int, probe: bytes, expect: bytes) -> bool:
