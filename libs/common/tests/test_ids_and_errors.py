@@ -29,6 +29,20 @@ def test_new_ids_are_unique() -> None:
     assert len({ids.new_id() for _ in range(2000)}) == 2000
 
 
+def test_new_ids_are_canonical_uuid7_with_the_current_time() -> None:
+    import time
+
+    before = time.time_ns() // 1_000_000
+    minted = [ids.new_id() for _ in range(500)]
+    after = time.time_ns() // 1_000_000
+    for value in minted:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value  # canonical lower-case form
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+        assert before <= ids.uuid7_time_ms(value) <= after
+
+
 def test_parse_id_rejects_garbage() -> None:
     with pytest.raises(errors.InvalidArgumentError, match="agent id 'x' is not a UUID"):
         ids.parse_id("x", what="agent id")

@@ -20,8 +20,10 @@ production and tests alike (tests use a real nats-server).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from google.protobuf.struct_pb2 import Struct
@@ -157,3 +159,135 @@ class AuditPublisher:
         event = build_event(event_type, source=self.source, **fields)
         await self.emit(event)
         return event
+
+
+EventSource = audit_pb2.AuditEvent | Callable[[], audit_pb2.AuditEvent]
+
+
+class AuditBuffer:
+    """Audit emission for hot paths: never blocks the caller, never drops silently.
+
+    ``offer`` queues an event, or a zero-argument function that builds one (so the
+    cost of building it is off the caller's path), and returns ``False`` when
+    ``capacity`` events are already waiting: the caller must then fail closed. The
+    background task ``run`` builds queued events and publishes them into the AUDIT
+    stream with JetStream async publish, up to ``window`` acknowledgements in flight,
+    each with ``Nats-Msg-Id = event_id``. Events whose publish is not acknowledged go
+    back to the front of the queue and are retried with backoff; while that lasts,
+    ``healthy`` is false. ``flush`` (at shutdown) waits for the queue to drain.
+
+    What is still queued when the process is killed is lost; a caller that must not
+    lose one event awaits ``AuditPublisher.emit`` instead.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        enabled: bool = True,
+        capacity: int = 10_000,
+        window: int = 512,
+        ack_timeout_s: float = 5.0,
+        max_backoff_s: float = 2.0,
+    ) -> None:
+        self.js = js
+        self.enabled = enabled
+        self.capacity = capacity
+        self.window = window
+        self.ack_timeout_s = ack_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.published = 0
+        self.failures = 0
+        self.healthy = True
+        self.last_error = ""
+        self._queue: deque[EventSource] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stream_ready = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def offer(self, event: EventSource) -> bool:
+        """Queue one event; False when the buffer is full (the caller fails closed)."""
+        if not self.enabled:
+            return True
+        if len(self._queue) >= self.capacity:
+            return False
+        self._queue.append(event)
+        self._idle.clear()
+        self._wake.set()
+        return True
+
+    async def run(self) -> None:
+        """Publish queued events for ever (run it as a supervised background task)."""
+        failures_in_a_row = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                ok = await self._publish_round()
+                if ok:
+                    failures_in_a_row = 0
+                    continue
+                failures_in_a_row += 1
+                await asyncio.sleep(min(self.max_backoff_s, 0.05 * 2**failures_in_a_row))
+            self._idle.set()
+
+    async def _publish_round(self) -> bool:
+        batch: list[audit_pb2.AuditEvent] = []
+        while self._queue and len(batch) < self.window:
+            item = self._queue.popleft()
+            if isinstance(item, audit_pb2.AuditEvent):
+                batch.append(item)
+                continue
+            try:
+                batch.append(item())
+            except Exception:  # a bug in a builder: say so loudly, the rest still goes out
+                log.exception("could not build an audit event; it is lost")
+                self.failures += 1
+        if not batch:
+            return True
+        try:
+            if not self._stream_ready:
+                await ensure_stream(self.js)
+                self._stream_ready = True
+            futures = [
+                await self.js.publish_async(
+                    subjects.audit_event(event.event_type),
+                    event.SerializeToString(),
+                    headers={natsio.MSG_ID_HEADER: event.event_id},
+                )
+                for event in batch
+            ]
+            results = await asyncio.gather(
+                *(asyncio.wait_for(future, self.ack_timeout_s) for future in futures), return_exceptions=True
+            )
+        except Exception as exc:
+            results = [exc] * len(batch)
+        failed = [event for event, result in zip(batch, results, strict=True) if isinstance(result, BaseException)]
+        self.published += len(batch) - len(failed)
+        if not failed:
+            self.healthy = True
+            return True
+        first = next(r for r in results if isinstance(r, BaseException))
+        self.healthy = False
+        self.failures += len(failed)
+        self.last_error = f"{type(first).__name__}: {first}"
+        log.warning("%d audit events not acknowledged (%s); retrying", len(failed), self.last_error)
+        self._queue.extendleft(reversed(failed))  # keep their order at the front
+        return False
+
+    async def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every queued event is acknowledged; False if that took longer than ``timeout_s``."""
+        if self._idle.is_set():
+            return True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.error("%d audit events still unpublished after %.1fs", len(self._queue), timeout_s)
+            return False
+        return True

@@ -78,6 +78,12 @@ REGISTRY: tuple[EnvVar, ...] = (
     EnvVar("SYMBI_POLICY_ADDR", "policy.addr", "host:port of the policy gRPC service, for its clients."),
     EnvVar("SYMBI_POLICY_HOST", "policy.host", "Address the policy service binds for gRPC."),
     EnvVar("SYMBI_POLICY_PORT", "policy.port", "Port the policy service listens on for gRPC (0: any free port)."),
+    EnvVar("SYMBI_POLICY_DIR", "policy.directory", "Directory of policy files the policy service loads and watches."),
+    EnvVar(
+        "SYMBI_POLICY_DECISION_TIMEOUT_S",
+        "policy.decision_timeout_s",
+        "How long a client waits for a policy decision before denying, in seconds.",
+    ),
     EnvVar("SYMBI_API_HOST", "api.host", "Address the HTTP API binds."),
     EnvVar("SYMBI_API_PORT", "api.port", "Port of the HTTP API (0: any free port)."),
     EnvVar("SYMBI_METRICS_HOST", "telemetry.metrics_host", "Address of each service's /metrics and /health endpoint."),

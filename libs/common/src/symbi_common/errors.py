@@ -23,7 +23,7 @@ map it to and from gRPC status codes. This module is the one place those mapping
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grpc
 
@@ -133,10 +133,28 @@ def from_detail(detail: common_pb2.ErrorDetail) -> SymbiError:
     return cls(message, metadata=dict(detail.metadata))
 
 
+# Trailing-metadata key that carries a serialized ErrorDetail on a failed gRPC call.
+GRPC_DETAIL_KEY = "symbi-error-bin"
+
+
+def grpc_trailers(err: SymbiError) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata for ``context.abort``: the typed error, so clients rebuild it exactly."""
+    return ((GRPC_DETAIL_KEY, err.to_detail().SerializeToString()),)
+
+
 def from_rpc_error(exc: grpc.RpcError) -> SymbiError:
-    """Map a gRPC failure to a typed error, keeping the server's message."""
+    """Map a gRPC failure to a typed error, keeping the server's message (and its detail, when sent)."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
+    trailers: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == GRPC_DETAIL_KEY and isinstance(value, bytes):
+            detail = common_pb2.ErrorDetail()
+            try:
+                detail.ParseFromString(value)
+            except Exception:  # a garbled trailer: fall back to the status code
+                break
+            return from_detail(detail)
     cls = _BY_GRPC.get(code, InternalError)
     return cls(f"{details or code.name}", metadata={"grpc_code": code.name})
 

@@ -26,8 +26,16 @@ def uuid7(now_ms: int | None = None) -> uuid.UUID:
 
 
 def new_id() -> str:
-    """A new time-ordered id as a canonical UUID string."""
-    return str(uuid7())
+    """A new time-ordered id as a canonical UUID string (the same layout as ``uuid7``).
+
+    Built from bytes rather than through ``uuid.UUID``: ids are minted on hot paths
+    (every policy decision, audit event and message), and this is about twice as fast.
+    """
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = 0x70 | (raw[6] & 0x0F)  # version 7
+    raw[8] = 0x80 | (raw[8] & 0x3F)  # RFC 9562 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def parse_id(value: str, *, what: str = "id") -> str:

@@ -85,8 +85,21 @@ class RedisSettings(_Section):
 
 class PolicySettings(_Section):
     addr: str = "127.0.0.1:50051"
+    """host:port of the policy gRPC service, for its clients."""
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65_535)
+    directory: Path | None = None
+    """Directory of policy files loaded and watched by the service; ``None`` means none."""
+    reload_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    resync_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    max_request_bytes: int = Field(default=64 * 1024, ge=1024, le=4 * 1024 * 1024)
+    max_batch_size: int = Field(default=10_000, gt=0, le=100_000)
+    audit_buffer: int = Field(default=20_000, gt=0, le=1_000_000)
+    """Decision audit events queued in memory before new decisions are denied."""
+    decision_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """Clients: how long to wait for a decision before denying (fail closed)."""
+    cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
+    """Clients: decisions kept for reuse where the policy allows it (``cache_ttl``); 0 disables."""
 
 
 class ApiSettings(_Section):

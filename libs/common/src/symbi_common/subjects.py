@@ -18,7 +18,11 @@ def health(service: str) -> str:
     return f"{PREFIX}.health.{token(service)}"
 
 
-# Policy (decisions themselves go over gRPC).
+# Policy (decisions themselves go over gRPC). Every change is appended to the POLICY
+# stream on POLICY_LOG (its stream sequence is the policy-set version), then broadcast
+# on POLICY_UPDATED once the stream has accepted it.
+POLICY_STREAM = "POLICY"
+POLICY_LOG = f"{PREFIX}.policy.log"
 POLICY_UPDATED = f"{PREFIX}.policy.updated"
 POLICY_SYNC = f"{PREFIX}.policy.sync"
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+
 import pytest
 from nats.aio.client import Client
 
@@ -36,3 +41,19 @@ async def check_redis_backed_service(spec: ServiceSpec, runner: ServiceRunner, n
         await broken.run_until_stopped()
     assert broken.stopped.is_set()
     assert not broken.ready
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], *, timeout_s: float = 10.0, what: str = "condition"
+) -> float:
+    """Poll until ``condition`` holds; return how long it took. Never a fixed sleep."""
+    started = time.monotonic()
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"{what} did not hold within {timeout_s}s")
+        await asyncio.sleep(0.005)
