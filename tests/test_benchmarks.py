@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE_ARGS = {
     "natsio_rpc.py": ["--requests", "64", "--concurrency", "4"],
     "envelope.py": ["--messages", "50"],
+    "policy.py": ["--quick"],
 }
 
 
@@ -24,7 +25,7 @@ SMOKE_ARGS = {
 def test_benchmark_runs_and_reports(script: str) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *SMOKE_ARGS[script]],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("BENCH ")]

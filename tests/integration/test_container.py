@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from nats.aio.client import Client
 from symbi_testing.checks import health_of
 
 from symbi_common.health import SERVING
 from symbi_common.ids import new_id
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600), pytest.mark.usefixtures("fresh_policy_log")]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "symbi:local"
@@ -40,8 +41,8 @@ def image() -> str:
     return IMAGE
 
 
-@pytest.fixture
-def container(image: str, nats_url: str) -> Iterator[tuple[str, str]]:
+@pytest_asyncio.fixture
+async def container(image: str, nats_url: str, nc: Client) -> AsyncIterator[tuple[str, str]]:
     name = f"symbi-test-{new_id()[:8]}"
     started = docker(
         "run", "-d", "--rm", "--name", name, "--network", "host",
@@ -60,13 +61,18 @@ def container(image: str, nats_url: str) -> Iterator[tuple[str, str]]:
 async def test_service_container_is_healthy_hardened_and_stops_cleanly(container: tuple[str, str], nc: Client) -> None:
     name, container_id = container
     deadline = time.monotonic() + 60
-    while True:
+    last = "no reply yet"
+    while True:  # health answers (NOT_SERVING) while the replica starts; wait until it is ready
         try:
             status = await health_of(nc, "policy")
-            break
-        except Exception:
-            assert time.monotonic() < deadline, docker("logs", name).stdout
-            await asyncio.sleep(0.2)
+        except Exception as exc:
+            last = repr(exc)
+        else:
+            if status.status == SERVING:
+                break
+            last = f"status {status.status}"
+        assert time.monotonic() < deadline, f"{last}\n" + docker("logs", name).stdout
+        await asyncio.sleep(0.2)
     assert status.status == SERVING
     assert "grpc" in status.endpoints
 

@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 from symbi_testing.fixtures import RunService
-from symbi_testing.streams import delete_stream
 
-from symbi_common import subjects
 from symbi_policy.service import SPEC
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_policy_log")]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "policies").glob("*.yaml"))
@@ -55,7 +53,6 @@ async def test_validate_is_offline_and_points_at_problems(tmp_path: Path) -> Non
 
 
 async def test_apply_query_explain_and_dry_run(run_service: RunService, nc: Client, tmp_path: Path) -> None:
-    await delete_stream(nc, subjects.POLICY_STREAM)
     runner = await run_service(SPEC)
     assert runner.ctx is not None
     addr = ["policy", "--addr", runner.ctx.health.endpoints["grpc"]]

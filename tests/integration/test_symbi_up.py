@@ -21,6 +21,7 @@ from symbi_common.settings import NatsSettings
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 READY_LINE = "services ready"
+POLICIES = Path(__file__).resolve().parents[2] / "examples" / "policies"
 
 
 def symbi(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -72,7 +73,7 @@ def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = stack_env(tmp_path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "symbi_cli", "up", "--state-dir", str(state)],
+        [sys.executable, "-m", "symbi_cli", "up", "--state-dir", str(state), "--policies", str(POLICIES)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
@@ -94,6 +95,14 @@ def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:
         response = httpx.get(f"{up['api_url']}/health", timeout=10)
         assert response.status_code == 200
         assert response.json()["missing"] == []
+
+        policies = symbi("policy", "--state-dir", str(state), "list", env=env)
+        assert policies.returncode == 0, policies.stderr
+        assert [line.split()[0] for line in policies.stdout.splitlines()[1:]] == [
+            "platform-baseline",
+            "regulated-data",
+            "tools-default",
+        ]
 
         again = symbi("up", "--state-dir", str(state), env=env)
         assert again.returncode == 2

@@ -6,10 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from nats.aio.client import Client
 from symbi_testing.checks import eventually
 from symbi_testing.fixtures import RunService
-from symbi_testing.streams import delete_stream
 
 from symbi_common import subjects
 from symbi_common.policy_client import PolicyClient, Principal, Target, is_allowed, request
@@ -17,13 +17,21 @@ from symbi_common.service import ServiceRunner
 from symbi_common.settings import Settings
 from symbi_policy.service import SPEC
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_policy_log")]
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples" / "policies"
 SEARCH = request(
     "tool_invoke", Principal("agent", "a1", capabilities=["web_search"]), Target("tool", "search/web"), operation="call"
 )
+
+
+@pytest_asyncio.fixture
+async def directory(nc: Client, tmp_path: Path) -> Path:
+    """A fresh policy log and a directory holding the example policies."""
+    target = tmp_path / "policies"
+    shutil.copytree(EXAMPLES, target)
+    return target
 
 
 async def start(run_service: RunService, settings: Settings, directory: Path) -> tuple[ServiceRunner, PolicyClient]:
@@ -39,11 +47,8 @@ async def versions(client: PolicyClient) -> dict[str, int]:
 
 
 async def test_files_are_loaded_watched_and_retired(
-    run_service: RunService, settings: Settings, nc: Client, tmp_path: Path
+    run_service: RunService, settings: Settings, directory: Path
 ) -> None:
-    await delete_stream(nc, subjects.POLICY_STREAM)
-    directory = tmp_path / "policies"
-    shutil.copytree(EXAMPLES, directory)
     (directory / "README.txt").write_text("not a policy")
     runner, client = await start(run_service, settings, directory)
     try:
@@ -82,11 +87,8 @@ async def _has_error(runner: ServiceRunner, needle: str) -> bool:
 
 
 async def test_replicas_sharing_a_directory_register_each_policy_once(
-    run_service: RunService, settings: Settings, nc: Client, tmp_path: Path
+    run_service: RunService, settings: Settings, nc: Client, directory: Path
 ) -> None:
-    await delete_stream(nc, subjects.POLICY_STREAM)
-    directory = tmp_path / "policies"
-    shutil.copytree(EXAMPLES, directory)
     _, first = await start(run_service, settings, directory)
     _, second = await start(run_service, settings, directory)
     try:
@@ -100,11 +102,8 @@ async def test_replicas_sharing_a_directory_register_each_policy_once(
 
 
 async def test_a_restart_retires_policies_whose_file_went_away_meanwhile(
-    run_service: RunService, settings: Settings, nc: Client, tmp_path: Path
+    run_service: RunService, settings: Settings, directory: Path
 ) -> None:
-    await delete_stream(nc, subjects.POLICY_STREAM)
-    directory = tmp_path / "policies"
-    shutil.copytree(EXAMPLES, directory)
     runner, client = await start(run_service, settings, directory)
     await client.close()
     await runner.shutdown()

@@ -15,9 +15,9 @@ from nats.aio.client import Client
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from symbi_testing.checks import health_of
 from symbi_testing.fixtures import RunService
-from symbi_testing.streams import delete_stream, details, wait_for_audit
+from symbi_testing.streams import details, wait_for_audit
 
-from symbi_common import embedded, subjects, telemetry
+from symbi_common import embedded, telemetry
 from symbi_common.errors import ConfigError, ConflictError, InvalidArgumentError, NotFoundError
 from symbi_common.policy_client import PolicyClient, Principal, Target, is_allowed, request
 from symbi_common.service import ServiceRunner
@@ -25,17 +25,11 @@ from symbi_common.settings import Settings
 from symbi_policy.service import POLICY_SERVICE_NAME, SPEC
 from symbi_proto.v1 import audit_pb2, policy_pb2
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_policy_log")]
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples" / "policies"
 AGENT = Principal("agent", "a1", tenant="t1", capabilities=["web_search"])
-
-
-@pytest_asyncio.fixture(autouse=True)
-async def fresh_policy_stream(nc: Client) -> None:
-    """Each test starts from an empty policy log (the NATS server is shared by the session)."""
-    await delete_stream(nc, subjects.POLICY_STREAM)
 
 
 async def client_for(runner: ServiceRunner, **kwargs: object) -> PolicyClient:

@@ -11,7 +11,6 @@ import pytest_asyncio
 from nats.aio.client import Client
 from symbi_testing.checks import eventually
 from symbi_testing.fixtures import RunService
-from symbi_testing.streams import delete_stream
 
 from symbi_common import subjects
 from symbi_common.errors import ConflictError
@@ -24,7 +23,7 @@ from symbi_policy.replication import EXPECTED_LAST_SEQ_HEADER
 from symbi_policy.service import SPEC
 from symbi_proto.v1 import policy_pb2
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_policy_log")]
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples" / "policies"
@@ -59,7 +58,6 @@ async def outcomes(client: PolicyClient) -> list[tuple[str | None, str, int]]:
 async def replicas(
     run_service: RunService, settings: Settings, nc: Client
 ) -> AsyncIterator[tuple[PolicyClient, PolicyClient]]:
-    await delete_stream(nc, subjects.POLICY_STREAM)
     slow = settings.with_overrides({"policy.resync_interval_s": 3600.0})  # broadcasts only, unless a gap shows
     first, second = await run_service(SPEC, slow), await run_service(SPEC, slow)
     clients = [PolicyClient(r.ctx.health.endpoints["grpc"], cache_size=0) for r in (first, second) if r.ctx]
@@ -158,7 +156,6 @@ async def test_a_replica_that_missed_an_update_sees_the_gap_and_catches_up(
 async def test_the_periodic_check_finds_a_last_update_nobody_announced(
     run_service: RunService, settings: Settings, nc: Client
 ) -> None:
-    await delete_stream(nc, subjects.POLICY_STREAM)
     runner = await run_service(SPEC, settings.with_overrides({"policy.resync_interval_s": 0.1}))
     assert runner.ctx is not None
     client = PolicyClient(runner.ctx.health.endpoints["grpc"])
@@ -178,7 +175,6 @@ async def _at(client: PolicyClient, version: int) -> bool:
 async def test_a_stored_policy_this_replica_cannot_compile_denies_everything(
     run_service: RunService, settings: Settings, nc: Client
 ) -> None:
-    await delete_stream(nc, subjects.POLICY_STREAM)
     runner: ServiceRunner = await run_service(SPEC, settings.with_overrides({"policy.resync_interval_s": 0.1}))
     assert runner.ctx is not None
     client = PolicyClient(runner.ctx.health.endpoints["grpc"])

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from google.protobuf.json_format import MessageToDict
 
-from symbi_cli.stack import read_state
+from symbi_cli.stack import running_value
 from symbi_common.errors import InvalidArgumentError
 from symbi_common.policy_client import PolicyClient, is_allowed, request_from_dict
 from symbi_common.settings import Settings
@@ -76,10 +76,7 @@ def register(commands: Any) -> None:
 def policy_addr(args: argparse.Namespace, settings: Settings) -> str:
     if args.addr:
         return str(args.addr)
-    state = read_state(args.state_dir or settings.runtime.state_dir)
-    if state and isinstance(state.get("policy_addr"), str):
-        return str(state["policy_addr"])
-    return settings.policy.addr
+    return running_value(args.state_dir or settings.runtime.state_dir, "policy_addr") or settings.policy.addr
 
 
 def _with_client(args: argparse.Namespace, work: Callable[[PolicyClient], Awaitable[int]]) -> int:

@@ -47,6 +47,7 @@ class StackPlan:
     nats_url: str = ""
     redis_url: str = ""
     config_path: Path | None = None
+    policy_dir: Path | None = None
 
 
 @dataclass
@@ -108,6 +109,8 @@ class Stack:
         )
         if self.plan.config_path is not None:
             env[envvars.CONFIG_PATH] = str(self.plan.config_path.resolve())
+        if self.plan.policy_dir is not None:
+            env["SYMBI_POLICY_DIR"] = str(self.plan.policy_dir)
         return env
 
     def spawn(self, name: str) -> ServiceProcess:
@@ -197,6 +200,13 @@ def _describe(status: health_pb2.HealthStatus) -> str:
     endpoints = " ".join(f"{key}={value}" for key, value in sorted(status.endpoints.items()) if key != "metrics")
     degraded = [f"{c.name}: {c.detail}" for c in status.components if c.status != health_pb2.SERVING_STATUS_SERVING]
     return "; ".join(part for part in (endpoints, *degraded) if part)
+
+
+def running_value(state_dir: Path, key: str) -> str | None:
+    """A string the running ``symbi up`` recorded in its state file (``nats_url``, ``policy_addr``, ...)."""
+    state = read_state(state_dir)
+    value = state.get(key) if state else None
+    return value if isinstance(value, str) else None
 
 
 def read_state(state_dir: Path) -> dict[str, object] | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from symbi_cli.stack import read_state
+from symbi_cli.stack import running_value
 from symbi_common import catalog, fleet, natsio
 from symbi_common.health import is_ready, status_name
 from symbi_common.settings import Settings
@@ -35,10 +35,7 @@ def register(commands: Any) -> None:
 def nats_url_for(args: argparse.Namespace, settings: Settings) -> str:
     if args.nats_url:
         return str(args.nats_url)
-    state = read_state(args.state_dir or settings.runtime.state_dir)
-    if state and isinstance(state.get("nats_url"), str):
-        return str(state["nats_url"])
-    return settings.nats.url
+    return running_value(args.state_dir or settings.runtime.state_dir, "nats_url") or settings.nats.url
 
 
 async def gather(settings: Settings, url: str, window_s: float) -> list[health_pb2.HealthStatus]:

@@ -37,6 +37,13 @@ def register(commands: Any) -> None:
     parser.add_argument("--only", metavar="SVC,...", help="start only these services (comma-separated)")
     parser.add_argument("--nats-url", help="use this NATS server instead of starting one")
     parser.add_argument("--redis-url", help="use this Redis server instead of starting one")
+    parser.add_argument(
+        "--policies",
+        type=Path,
+        metavar="DIR",
+        help="policy files for the policy service to load and watch (default: [policy].directory; "
+        "none means every request is denied until policies are applied)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness (default 60)")
     parser.set_defaults(handler=handle)
 
@@ -61,7 +68,16 @@ def plan_stack(args: argparse.Namespace, settings: Settings) -> StackPlan:
         nats_url=args.nats_url or "",
         redis_url=args.redis_url or "",
         config_path=args.config,
+        policy_dir=_policy_dir(args.policies),
     )
+
+
+def _policy_dir(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    if not path.is_dir():
+        raise ConfigError(f"--policies {path}: not a directory")
+    return path.resolve()
 
 
 def _port(what: str, host: str, port: int, how: str, taken: tuple[int, ...]) -> int:

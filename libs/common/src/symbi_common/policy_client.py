@@ -32,9 +32,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from symbi_common import attributes, subjects
+from symbi_common import attributes, subjects, telemetry
 from symbi_common.errors import InvalidArgumentError, PermissionDeniedError, from_rpc_error
-from symbi_common.telemetry import TracingClientInterceptor
 from symbi_proto.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -242,11 +241,9 @@ class PolicyClient:
         self.enforce = enforce
         self.actor = actor
         self.cache = DecisionCache(cache_size)
-        self._channel = grpc.aio.insecure_channel(
-            addr,
-            interceptors=[TracingClientInterceptor()],
-            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
-        )
+        # No client interceptor: the trace context goes into each call's metadata directly
+        # (grpc.aio's interceptor machinery costs ~80 µs a call, a tenth of a decision's round trip).
+        self._channel = grpc.aio.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
         self.stub = policy_pb2_grpc.PolicyServiceStub(self._channel)
         self._sub: Subscription | None = None
 
@@ -274,7 +271,8 @@ class PolicyClient:
         self._sub = await nc.subscribe(subjects.POLICY_UPDATED, cb=on_update)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((ACTOR_METADATA, self.actor),) if self.actor else ()
+        traced = tuple(telemetry.inject().items())
+        return (*traced, (ACTOR_METADATA, self.actor)) if self.actor else traced
 
     async def evaluate(self, request: policy_pb2.EvaluateRequest) -> policy_pb2.PolicyDecision:
         key = DecisionCache.key(request) if self.cache.size else b""

@@ -54,8 +54,16 @@ def configure_tracing(
     return provider
 
 
+_tracer: tuple[object, trace.Tracer] | None = None
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    """Symbi's tracer from the current provider (cached: ``get_tracer`` costs ~10 µs a call)."""
+    global _tracer
+    provider = trace.get_tracer_provider()
+    if _tracer is None or _tracer[0] is not provider:
+        _tracer = (provider, trace.get_tracer(TRACER_NAME))
+    return _tracer[1]
 
 
 def inject(carrier: MutableMapping[str, str] | None = None) -> dict[str, str]:
@@ -71,35 +79,51 @@ def extract(carrier: Mapping[str, str] | None) -> otel_context.Context:
 
 
 class TracingServerInterceptor(grpc.aio.ServerInterceptor):
-    """Continue the caller's trace for every incoming unary gRPC call."""
+    """Continue the caller's trace for every incoming unary gRPC call.
+
+    The traced handler is built once per method and reused: it reads the caller's
+    ``traceparent`` from the call's own metadata, so nothing is allocated per call
+    beyond the span (building handlers per call cost a third of a millisecond).
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        metadata = {
-            key: value for key, value in (handler_call_details.invocation_metadata or ()) if isinstance(value, str)
-        }
         method = handler_call_details.method
-        inner: Any = handler.unary_unary
+        if method in self._handlers:
+            return self._handlers[method]
+        handler = await continuation(handler_call_details)
+        traced = _traced_handler(method, handler)
+        self._handlers[method] = traced
+        return traced
 
-        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            token = otel_context.attach(extract(metadata))
-            try:
-                with tracer().start_as_current_span(method, kind=trace.SpanKind.SERVER):
-                    return await inner(request, context)
-            finally:
-                otel_context.detach(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            traced,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+def _traced_handler(
+    method: str, handler: grpc.RpcMethodHandler[Any, Any] | None
+) -> grpc.RpcMethodHandler[Any, Any] | None:
+    if handler is None or handler.unary_unary is None:
+        return handler
+    inner: Any = handler.unary_unary
+
+    async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+        token = otel_context.attach(extract(metadata))
+        try:
+            with tracer().start_as_current_span(method, kind=trace.SpanKind.SERVER):
+                return await inner(request, context)
+        finally:
+            otel_context.detach(token)
+
+    return grpc.unary_unary_rpc_method_handler(
+        traced,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):

@@ -6,6 +6,7 @@
 - ``nc``: a connected NATS client for one test.
 - ``span_exporter``: every span this test process records, in memory.
 - ``run_service``: start a ``ServiceSpec`` in-process with the real bootstrap; stopped after the test.
+- ``fresh_policy_log``: an empty POLICY stream for the test, and none left behind.
 
 External servers: ``--nats-url``/``--redis-url`` or ``SYMBI_TEST_NATS_URL``/``SYMBI_TEST_REDIS_URL``.
 Every test has a time cap (``timeout`` in pytest config).
@@ -25,9 +26,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from symbi_common import embedded, natsio
+from symbi_common import embedded, natsio, subjects
 from symbi_common.service import ServiceRunner, ServiceSpec
 from symbi_common.settings import Settings
+from symbi_testing.streams import delete_stream
 
 RunService = Callable[..., Awaitable[ServiceRunner]]
 
@@ -120,3 +122,11 @@ async def run_service(settings: Settings) -> AsyncIterator[RunService]:
     finally:
         for runner in reversed(runners):
             await runner.shutdown()
+
+
+@pytest_asyncio.fixture
+async def fresh_policy_log(nc: Client) -> AsyncIterator[None]:
+    """The NATS server is shared by the session: give this test an empty policy log, and leave none."""
+    await delete_stream(nc, subjects.POLICY_STREAM)
+    yield
+    await delete_stream(nc, subjects.POLICY_STREAM)

@@ -320,21 +320,41 @@ def _all(preds: tuple[Predicate, ...]) -> Predicate:
 
 def _resource_filter(patterns: list[str]) -> Predicate:
     """``type``, ``type:glob`` or ``*``; the resource matches if any pattern does."""
-    compiled: list[tuple[str, re.Pattern[str] | None]] = []
+    tests: list[tuple[str, Callable[[str], bool] | None]] = []
     for i, pattern in enumerate(patterns):
         kind, sep, glob = pattern.partition(":")
         if not kind:
             raise _FilterError(f"resource pattern {pattern!r} needs a type (e.g. tool:search/*)", "resources", i)
-        compiled.append((kind, _glob(glob, "resources", i) if sep else None))
+        tests.append((kind, _id_test(glob, "resources", i) if sep else None))
+    if len(tests) == 1:  # the common case: one pattern, no loop
+        ((kind, test),) = tests
+        if kind == "*":
+            return (lambda f: True) if test is None else (lambda f: test(f.resource_id))
+        if test is None:
+            return lambda f: f.resource_type == kind
+        return lambda f: f.resource_type == kind and test(f.resource_id)
 
     def resource(facts: Facts) -> bool:
         rtype, rid = facts.resource_type, facts.resource_id
-        for kind, rx in compiled:  # noqa: SIM110 - the hot path
-            if (kind == "*" or kind == rtype) and (rx is None or rx.fullmatch(rid)):
+        for kind, test in tests:  # noqa: SIM110 - the hot path
+            if (kind == "*" or kind == rtype) and (test is None or test(rid)):
                 return True
         return False
 
     return resource
+
+
+def _id_test(glob: str, *path: str | int) -> Callable[[str], bool]:
+    """A test for one id glob: plain comparisons where the glob allows, a regex otherwise."""
+    if not glob:
+        raise _FilterError("an empty pattern matches nothing", *path)
+    body = glob[:-1] if glob.endswith("*") else glob
+    if not any(c in body for c in "*?[]"):
+        if glob.endswith("*"):
+            return lambda rid: rid.startswith(body)
+        return lambda rid: rid == glob
+    regex = _glob(glob, *path)
+    return lambda rid: regex.fullmatch(rid) is not None
 
 
 def _destination_filter(spec: RuleSpec) -> Predicate:

@@ -26,26 +26,31 @@ AUDIT_UNAVAILABLE = "audit trail unavailable: the decision cannot be recorded, s
 def decision_details(
     request: policy_pb2.EvaluateRequest, decision: policy_pb2.PolicyDecision, mode: str
 ) -> dict[str, Any]:
+    """What the event records, flat, empty values left out (the event's own fields carry the agent,
+    tenant, correlation id, data labels and outcome)."""
     subject, resource = request.context.subject, request.context.resource
     details: dict[str, Any] = {
         "decision_id": decision.decision_id,
-        "mode": mode,
         "outcome": decision.WhichOneof("outcome") or "deny",
         "enforcement_point": ACTION_NAMES.get(request.action.type, str(request.action.type)),
-        "operation": request.action.operation,
-        "subject": {"kind": SUBJECT_KINDS.get(subject.kind, ""), "id": subject.id, "tenant": subject.tenant},
-        "resource": {
-            "type": resource.type,
-            "id": resource.id,
-            "tenant": resource.tenant,
-            "owner": resource.owner,
-            "sensitivity": SENSITIVITY_NAMES.get(resource.sensitivity, ""),
-        },
-        "policy_id": decision.policy_id,
-        "policy_version": decision.policy_version,
-        "matched_rule": decision.matched_rule,
+        "subject_kind": SUBJECT_KINDS.get(subject.kind, ""),
+        "subject_id": subject.id,
+        "resource_type": resource.type,
+        "resource_id": resource.id,
         "policy_set_version": decision.policy_set_version,
     }
+    optional = {
+        "mode": "" if mode == "evaluate" else mode,
+        "operation": request.action.operation,
+        "resource_tenant": resource.tenant,
+        "resource_owner": resource.owner,
+        "sensitivity": SENSITIVITY_NAMES.get(resource.sensitivity, ""),
+        "policy_id": decision.policy_id,
+        "matched_rule": decision.matched_rule,
+    }
+    details.update((key, value) for key, value in optional.items() if value)
+    if decision.policy_id:
+        details["policy_version"] = decision.policy_version
     if decision.HasField("deny"):
         details["reason"] = decision.deny.reason
         details["deny_kind"] = policy_pb2.DenyKind.Name(decision.deny.kind)

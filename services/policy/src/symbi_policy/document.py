@@ -22,6 +22,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from symbi_common.units import parse_duration, parse_size
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
+# libyaml when the wheel has it (it does on the platforms we ship): ~30x faster, same marks.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 FORMATS = ("yaml", "json")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 
@@ -85,7 +87,7 @@ def load_documents(text: str, name: str, fmt: str = "yaml") -> list[Loaded]:
         raise DocumentError([Issue(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})", Location(name))])
     if len(text.encode()) > MAX_DOCUMENT_BYTES:
         raise DocumentError([Issue(f"document exceeds {MAX_DOCUMENT_BYTES // 1024} KiB", Location(name))])
-    loader = yaml.SafeLoader(text)
+    loader = _LOADER(text)
     docs: list[Loaded] = []
     issues: list[Issue] = []
     try:

@@ -55,10 +55,17 @@ class Verdict:
 
     outcome: str
     deny_kind: int = 0
-    reason: str = ""
+    why: str | Callable[[], str] = ""
+    """The reason, or a function that words it (a default deny's reason is only worded if read)."""
     rule: CompiledRule | None = None
     conditions: list[policy_pb2.Condition] = field(default_factory=list)
     cache_ttl_s: float = 0.0
+
+    @property
+    def reason(self) -> str:
+        if not isinstance(self.why, str):
+            self.why = self.why()
+        return self.why
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +200,8 @@ class PolicySet:
                 rule, error = failed
                 reason = f"no rule allows {describe(facts)}; {rule.ref} could not be evaluated: {error}"
                 return Verdict(DENY, policy_pb2.DENY_KIND_ERROR, reason, rule)
-            reason = f"no policy allows {describe(facts)}"
-            return Verdict(DENY, policy_pb2.DENY_KIND_DEFAULT, reason, cache_ttl_s=bucket.cache_ttl_s)
+            wording = lambda: f"no policy allows {describe(facts)}"  # noqa: E731 - worded only when read
+            return Verdict(DENY, policy_pb2.DENY_KIND_DEFAULT, wording, cache_ttl_s=bucket.cache_ttl_s)
         contributing: list[CompiledRule] = []
         dynamic: list[policy_pb2.Condition] = []
         for rule in bucket.requires.candidates(rtype, rid):

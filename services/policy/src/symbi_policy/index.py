@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from symbi_policy.compiler import CompiledRule
 
-MIN_RULES = 16
+MIN_RULES = 8
 _WILDCARDS = "*?["
 
 
@@ -33,26 +33,32 @@ class RuleIndex:
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.rules = tuple(rules)
         self.indexed = len(self.rules) >= MIN_RULES
-        self._always: list[int] = []
-        self._by_type: dict[str, dict[str, list[int]]] = {}
-        self._lengths: dict[str, tuple[int, ...]] = {}
-        if not self.indexed:
-            return
-        for position, rule in enumerate(self.rules):
-            patterns = rule.spec.resources
-            if not patterns:
-                self._always.append(position)
-                continue
-            for pattern in patterns:
-                kind, sep, glob = pattern.partition(":")
-                prefix = literal_prefix(glob) if sep else ""  # `type` alone: any id
-                self._by_type.setdefault(kind, {}).setdefault(prefix, []).append(position)
-        self._lengths = {kind: tuple(sorted({len(p) for p in prefixes})) for kind, prefixes in self._by_type.items()}
+        always: list[int] = []
+        by_type: dict[str, dict[str, list[int]]] = {}
+        if self.indexed:
+            for position, rule in enumerate(self.rules):
+                patterns = rule.spec.resources
+                if not patterns:
+                    always.append(position)
+                for pattern in patterns:
+                    kind, sep, glob = pattern.partition(":")
+                    prefix = literal_prefix(glob) if sep else ""  # `type` alone: any id
+                    by_type.setdefault(kind, {}).setdefault(prefix, []).append(position)
+        self._always = self._bucket(always)
+        self._by_type = {
+            kind: {prefix: self._bucket(found) for prefix, found in prefixes.items()}
+            for kind, prefixes in by_type.items()
+        }
+        self._lengths = {kind: tuple(sorted({len(p) for p in prefixes})) for kind, prefixes in by_type.items()}
+
+    def _bucket(self, positions: list[int]) -> tuple[tuple[int, ...], tuple[CompiledRule, ...]]:
+        ordered = tuple(sorted(set(positions)))
+        return ordered, tuple(self.rules[position] for position in ordered)
 
     def candidates(self, resource_type: str, resource_id: str) -> Sequence[CompiledRule]:
         if not self.indexed:
             return self.rules
-        found: set[int] = set(self._always)
+        parts = [self._always] if self._always[0] else []
         for kind in (resource_type, "*"):
             prefixes = self._by_type.get(kind)
             if prefixes is None:
@@ -62,5 +68,10 @@ class RuleIndex:
                     break
                 hit = prefixes.get(resource_id[:length])
                 if hit is not None:
-                    found.update(hit)
-        return [self.rules[position] for position in sorted(found)]
+                    parts.append(hit)
+        if not parts:
+            return ()
+        if len(parts) == 1:
+            return parts[0][1]  # already in evaluation order
+        positions = sorted({position for found, _ in parts for position in found})
+        return [self.rules[position] for position in positions]
