@@ -71,6 +71,8 @@ async def test_record_stores_the_event_once_with_its_trace(nc: Client, span_expo
         ("policy..decision", {}, "not a valid subject token"),
         ("ok.type", {"value": object()}, "not JSON-like"),
         ("ok.type", {"blob": "x" * (audit_events.MAX_DETAILS_BYTES + 1)}, "exceed"),
+        ("batch.sneaky", {}, "may not start with 'batch'"),
+        ("ok.type", {1: "non-string key"}, "keys must be strings"),
     ],
 )
 async def test_malformed_events_are_refused_before_publishing(

@@ -214,17 +214,21 @@ class AuditBuffer:
     cost of building it is off the caller's path), and returns ``False`` when
     ``capacity`` events are already waiting: the caller must then fail closed. The
     background task ``run`` builds queued events and publishes them into the AUDIT
-    stream with JetStream async publish, up to ``window`` acknowledgements in flight,
-    each with ``Nats-Msg-Id = event_id``. Events whose publish is not acknowledged go
-    back to the front of the queue and are retried with backoff; while that lasts,
-    ``healthy`` is false. ``flush`` (at shutdown) waits for the queue to drain. A
-    round starts ``linger_s`` after the first event of a quiet spell, so the work of
-    publishing happens after the caller has answered and is shared by the events
-    that arrive meanwhile.
+    stream as ``AuditBatch`` messages on ``symbi.audit.batch`` (up to ``window``
+    events and ``MAX_BATCH_BYTES`` each, ``Nats-Msg-Id = batch_id``): one publish and
+    one acknowledgement for many events, where per-event publishing cost more than
+    the decisions being audited. A batch that is not acknowledged is retried, whole
+    and with the same id (the stream drops the duplicate if the first try did land),
+    with backoff; while that lasts ``healthy`` is false. ``flush`` (at shutdown)
+    waits for the queue to drain. A round starts ``linger_s`` after the first event
+    of a quiet spell, so publishing happens after the caller has answered and is
+    shared by the events that arrive meanwhile.
 
     What is still queued when the process is killed is lost; a caller that must not
     lose one event awaits ``AuditPublisher.emit`` instead.
     """
+
+    MAX_BATCH_BYTES = 512 * 1024
 
     def __init__(
         self,
@@ -249,6 +253,7 @@ class AuditBuffer:
         self.healthy = True
         self.last_error = ""
         self._queue: deque[EventSource] = deque()
+        self._batch: audit_pb2.AuditBatch | None = None  # built, not yet acknowledged
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -256,13 +261,13 @@ class AuditBuffer:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + (len(self._batch.events) if self._batch is not None else 0)
 
     def offer(self, event: EventSource) -> bool:
         """Queue one event; False when the buffer is full (the caller fails closed)."""
         if not self.enabled:
             return True
-        if len(self._queue) >= self.capacity:
+        if self.pending >= self.capacity:
             return False
         self._queue.append(event)
         self._idle.clear()
@@ -278,63 +283,56 @@ class AuditBuffer:
             if self.linger_s and len(self._queue) < self.window:
                 # Let the caller's reply go out first, and let a few more events join this round.
                 await asyncio.sleep(self.linger_s)
-            while self._queue:
-                ok = await self._publish_round()
-                if ok:
+            while self._queue or self._batch is not None:
+                if await self._publish_round():
                     failures_in_a_row = 0
                     continue
                 failures_in_a_row += 1
                 await asyncio.sleep(min(self.max_backoff_s, 0.05 * 2**failures_in_a_row))
             self._idle.set()
 
-    async def _publish_round(self) -> bool:
-        batch: list[audit_pb2.AuditEvent] = []
-        while self._queue and len(batch) < self.window:
+    def _next_batch(self) -> audit_pb2.AuditBatch:
+        batch = audit_pb2.AuditBatch(batch_id=new_id())
+        size = 0
+        while self._queue and len(batch.events) < self.window and size < self.MAX_BATCH_BYTES:
             item = self._queue.popleft()
-            if isinstance(item, audit_pb2.AuditEvent):
-                batch.append(item)
-                continue
             try:
-                batch.append(item())
+                event = item if isinstance(item, audit_pb2.AuditEvent) else item()
             except Exception:  # a bug in a builder: say so loudly, the rest still goes out
                 log.exception("could not build an audit event; it is lost")
                 self.failures += 1
-        if not batch:
+                continue
+            batch.events.append(event)
+            size += event.ByteSize()
+        return batch
+
+    async def _publish_round(self) -> bool:
+        if self._batch is None:
+            self._batch = self._next_batch()
+        batch = self._batch
+        if not batch.events:
+            self._batch = None
             return True
         try:
             if not self._stream_ready:
                 await ensure_stream(self.js)
                 self._stream_ready = True
-            futures = [
-                await self.js.publish_async(
-                    _checked_type(event.event_type),
-                    event.SerializeToString(),
-                    headers={natsio.MSG_ID_HEADER: event.event_id},
-                )
-                for event in batch
-            ]
-            # One wait for the whole round (not a task per acknowledgement); late ones count as failed.
-            _, late = await asyncio.wait(futures, timeout=self.ack_timeout_s)
-            for future in late:
-                future.cancel()
-            results: list[object] = [
-                TimeoutError("no acknowledgement in time") if f.cancelled() else (f.exception() or f.result())
-                for f in futures
-            ]
+            await self.js.publish(
+                subjects.AUDIT_BATCH,
+                batch.SerializeToString(),
+                timeout=self.ack_timeout_s,
+                headers={natsio.MSG_ID_HEADER: batch.batch_id},
+            )
         except Exception as exc:
-            results = [exc] * len(batch)
-        failed = [event for event, result in zip(batch, results, strict=True) if isinstance(result, BaseException)]
-        self.published += len(batch) - len(failed)
-        if not failed:
-            self.healthy = True
-            return True
-        first = next(r for r in results if isinstance(r, BaseException))
-        self.healthy = False
-        self.failures += len(failed)
-        self.last_error = f"{type(first).__name__}: {first}"
-        log.warning("%d audit events not acknowledged (%s); retrying", len(failed), self.last_error)
-        self._queue.extendleft(reversed(failed))  # keep their order at the front
-        return False
+            self.healthy = False
+            self.failures += len(batch.events)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("%d audit events not acknowledged (%s); retrying", len(batch.events), self.last_error)
+            return False
+        self._batch = None
+        self.published += len(batch.events)
+        self.healthy = True
+        return True
 
     async def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every queued event is acknowledged; False if that took longer than ``timeout_s``."""
@@ -344,6 +342,6 @@ class AuditBuffer:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
-            log.error("%d audit events still unpublished after %.1fs", len(self._queue), timeout_s)
+            log.error("%d audit events still unpublished after %.1fs", self.pending, timeout_s)
             return False
         return True

@@ -29,6 +29,7 @@ POLICY_SYNC = f"{PREFIX}.policy.sync"
 # Audit: published into the AUDIT JetStream stream; queried over request-reply.
 AUDIT_STREAM = "AUDIT"
 AUDIT_EVENTS = f"{PREFIX}.audit.>"
+AUDIT_BATCH = f"{PREFIX}.audit.batch"  # AuditBatch messages; "batch" is therefore no event type
 AUDIT_DEAD_LETTER = f"{PREFIX}.deadletter.audit"
 AUDIT_QUERY = f"{PREFIX}.auditq.query"
 AUDIT_VERIFY = f"{PREFIX}.auditq.verify"
@@ -36,6 +37,10 @@ AUDIT_VERIFY = f"{PREFIX}.auditq.verify"
 
 def audit_event(event_type: str) -> str:
     """``symbi.audit.<event_type>``; a dotted type (``policy.decision``) spans several tokens."""
+    if event_type.split(".", 1)[0] == "batch":
+        from symbi_common.errors import InvalidArgumentError
+
+        raise InvalidArgumentError("audit event types may not start with 'batch' (symbi.audit.batch carries batches)")
     return f"{PREFIX}.audit.{dotted(event_type)}"
 
 

@@ -1,17 +1,19 @@
 """OpenTelemetry tracing: provider set-up and W3C ``traceparent`` propagation.
 
-``inject``/``extract`` carry the context in NATS headers; ``TracingServerInterceptor``
-and ``TracingClientInterceptor`` carry it in gRPC metadata, so one trace spans the
-API, the NATS hops and the synchronous policy calls.
+``inject``/``extract`` carry the context in NATS headers; ``trace_servicer`` (server)
+and ``TracingClientInterceptor`` or plain call metadata (client) carry it in gRPC
+metadata, so one trace spans the API, the NATS hops and the synchronous policy calls.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import get_global_textmap
@@ -20,6 +22,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRACER_NAME = "symbi"
 
@@ -78,52 +81,35 @@ def extract(carrier: Mapping[str, str] | None) -> otel_context.Context:
     return get_global_textmap().extract(dict(carrier or {}))
 
 
-class TracingServerInterceptor(grpc.aio.ServerInterceptor):
-    """Continue the caller's trace for every incoming unary gRPC call.
+def trace_servicer(servicer: T, service: ServiceDescriptor) -> T:
+    """Make every unary RPC of a gRPC servicer continue its caller's trace; returns the servicer.
 
-    The traced handler is built once per method and reused: it reads the caller's
-    ``traceparent`` from the call's own metadata, so nothing is allocated per call
-    beyond the span (building handlers per call cost a third of a millisecond).
+    Call before ``add_<Service>Servicer_to_server``. Each unary-unary method of
+    ``service`` is replaced, on this instance, by one that reads ``traceparent`` from
+    the call's metadata and runs in a server span named ``/<service>/<method>``.
+    Wrapping the methods rather than installing a server interceptor keeps gRPC on
+    its fast path: with any interceptor, grpc.aio awaits the chain on every call.
     """
-
-    def __init__(self) -> None:
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = handler_call_details.method
-        if method in self._handlers:
-            return self._handlers[method]
-        handler = await continuation(handler_call_details)
-        traced = _traced_handler(method, handler)
-        self._handlers[method] = traced
-        return traced
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            continue
+        inner = getattr(servicer, method.name)
+        setattr(servicer, method.name, _traced(f"/{service.full_name}/{method.name}", inner))
+    return servicer
 
 
-def _traced_handler(
-    method: str, handler: grpc.RpcMethodHandler[Any, Any] | None
-) -> grpc.RpcMethodHandler[Any, Any] | None:
-    if handler is None or handler.unary_unary is None:
-        return handler
-    inner: Any = handler.unary_unary
-
+def _traced(span_name: str, inner: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    @functools.wraps(inner)
     async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
         token = otel_context.attach(extract(metadata))
         try:
-            with tracer().start_as_current_span(method, kind=trace.SpanKind.SERVER):
+            with tracer().start_as_current_span(span_name, kind=trace.SpanKind.SERVER):
                 return await inner(request, context)
         finally:
             otel_context.detach(token)
 
-    return grpc.unary_unary_rpc_method_handler(
-        traced,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return traced
 
 
 class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):

@@ -18,25 +18,39 @@ from symbi_proto.v1 import audit_pb2
 
 
 async def audit_events(nc: Client, event_type: str = ">") -> list[audit_pb2.AuditEvent]:
-    """Every event in the AUDIT stream on ``symbi.audit.<event_type>`` (``*``/``>`` allowed), oldest first."""
+    """Every event in the AUDIT stream of ``event_type`` (``*``/``>`` wildcards allowed), oldest first.
+
+    Events published one by one (on ``symbi.audit.<event_type>``) and inside
+    ``AuditBatch`` messages (on ``symbi.audit.batch``) are both returned.
+    """
     js = nc.jetstream(timeout=5)
     config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30)
-    wildcard = "*" in event_type.split(".") or event_type.endswith(">")
-    subject = subjects.AUDIT_EVENTS.replace(">", event_type) if wildcard else subjects.audit_event(event_type)
-    sub = await js.pull_subscribe(subject, stream=subjects.AUDIT_STREAM, config=config)
+    sub = await js.pull_subscribe(subjects.AUDIT_EVENTS, stream=subjects.AUDIT_STREAM, config=config)
     events: list[audit_pb2.AuditEvent] = []
     try:
         while True:
             try:
                 batch = await sub.fetch(1000, timeout=0.5)
             except (nats.errors.TimeoutError, TimeoutError):
-                return events
+                return [event for event in events if _type_matches(event.event_type, event_type)]
             for msg in batch:
-                event = audit_pb2.AuditEvent()
-                event.ParseFromString(msg.data)
-                events.append(event)
+                if msg.subject == subjects.AUDIT_BATCH:
+                    events.extend(audit_pb2.AuditBatch.FromString(msg.data).events)
+                else:
+                    events.append(audit_pb2.AuditEvent.FromString(msg.data))
     finally:
         await sub.unsubscribe()
+
+
+def _type_matches(event_type: str, pattern: str) -> bool:
+    """NATS subject matching of dotted types: ``*`` one token, ``>`` the rest."""
+    have, want = event_type.split("."), pattern.split(".")
+    for i, part in enumerate(want):
+        if part == ">":
+            return len(have) > i
+        if i >= len(have) or (part != "*" and part != have[i]):
+            return False
+    return len(have) == len(want)
 
 
 async def wait_for_audit(

@@ -17,12 +17,12 @@ from symbi_common.audit_events import AuditBuffer, AuditPublisher
 from symbi_common.errors import ConfigError
 from symbi_common.health import DEGRADED, SERVING, CheckResult
 from symbi_common.service import ServiceContext, ServiceSpec
-from symbi_common.telemetry import TracingServerInterceptor
+from symbi_common.telemetry import trace_servicer
 from symbi_policy.decision_audit import DecisionRecorder
 from symbi_policy.loader import DirectoryLoader
 from symbi_policy.replication import PolicyStore
 from symbi_policy.servicer import PolicyMetrics, PolicyServicer
-from symbi_proto.v1 import policy_pb2_grpc
+from symbi_proto.v1 import policy_pb2, policy_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,10 @@ async def _serve_grpc(ctx: ServiceContext, servicer: PolicyServicer) -> None:
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    server = grpc.aio.server(interceptors=[TracingServerInterceptor()], options=options)
-    policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    server = grpc.aio.server(options=options)
+    traced = trace_servicer(servicer, policy_pb2.DESCRIPTOR.services_by_name["PolicyService"])
+    policy_pb2_grpc.add_PolicyServiceServicer_to_server(traced, server)
+    health_servicer = trace_servicer(health.aio.HealthServicer(), health_pb2.DESCRIPTOR.services_by_name["Health"])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     host, port = ctx.settings.policy.host, ctx.settings.policy.port
     try:

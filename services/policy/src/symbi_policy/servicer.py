@@ -48,6 +48,8 @@ class PolicyMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0),
         )
         self._children: dict[tuple[int, str], Any] = {}
+        self.evaluate_latency = self.latency.labels("evaluate")
+        self.batch_latency = self.latency.labels("batch")
 
     def count(self, action: int, outcome: str) -> None:
         child = self._children.get((action, outcome))
@@ -89,7 +91,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     ) -> policy_pb2.PolicyDecision:
         started = time.perf_counter()
         decision = self._decide(self.store.current, request, "evaluate")
-        self.metrics.latency.labels("evaluate").observe(time.perf_counter() - started)
+        self.metrics.evaluate_latency.observe(time.perf_counter() - started)
         return decision
 
     async def EvaluateBatch(
@@ -105,7 +107,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 response.decisions.append(self.recorder.record(item, policies.to_decision(refused), "batch"))
         else:
             response.decisions.extend(self._decide(policies, item, "batch") for item in request.requests)
-        self.metrics.latency.labels("batch").observe(time.perf_counter() - started)
+        self.metrics.batch_latency.observe(time.perf_counter() - started)
         return response
 
     async def Explain(

@@ -28,59 +28,61 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from symbi_proto.v1 import common_pb2 as symbi_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14symbi/v1/audit.proto\x12\x08symbi.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15symbi/v1/common.proto\"\xee\x02\n\nAuditEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nchain_hash\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x0e\n\x06key_id\x18\x08 \x01(\t\x12\x10\n\x08sequence\x18\t \x01(\x04\x12\x0e\n\x06source\x18\n \x01(\t\x12\x0e\n\x06tenant\x18\x0b \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x0c \x01(\t\x12\x10\n\x08trace_id\x18\r \x01(\t\x12\'\n\x07outcome\x18\x0e \x01(\x0e\x32\x16.symbi.v1.AuditOutcome\x12\x13\n\x0b\x64\x61ta_labels\x18\x0f \x03(\t\"\xad\x01\n\nCheckpoint\x12\x0e\n\x06log_id\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0flast_chain_hash\x18\x05 \x01(\x0c\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x11\n\tsignature\x18\x07 \x01(\x0c\"X\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x03(\x0c\"S\n\x10\x43onsistencyProof\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\x12\x0c\n\x04path\x18\x03 \x03(\x0c\"\xa4\x01\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12.\n\nvalid_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf2\x02\n\x11\x41uditQueryRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x02 \x03(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\rfrom_sequence\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0bto_sequence\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\'\n\x07outcome\x18\t \x01(\x0e\x32\x16.symbi.v1.AuditOutcome\x12#\n\x04page\x18\n \x01(\x0b\x32\x15.symbi.v1.PageRequest\x12\x12\n\ndescending\x18\x0b \x01(\x08\x42\x10\n\x0e_from_sequenceB\x0e\n\x0c_to_sequence\"X\n\x12\x41uditQueryResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.symbi.v1.AuditEvent\x12\x1c\n\x04page\x18\x02 \x01(\x0b\x32\x0e.symbi.v1.Page\"z\n\x13VerificationFailure\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.symbi.v1.VerificationFailureKind\x12\x15\n\x08sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\tB\x0b\n\t_sequence\"q\n\rVerifyRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x04\x12\x18\n\x0bto_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x1f\n\x17verify_event_signatures\x18\x03 \x01(\x08\x42\x0e\n\x0c_to_sequence\"\xd7\x01\n\x0eVerifyResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x16\n\x0e\x65vents_checked\x18\x02 \x01(\x04\x12\x1b\n\x13\x63heckpoints_checked\x18\x03 \x01(\x04\x12.\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x1d.symbi.v1.VerificationFailure\x12(\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x14.symbi.v1.Checkpoint\x12*\n\x07\x65lapsed\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\")\n\x14GetCheckpointRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\"=\n\x16ListCheckpointsRequest\x12#\n\x04page\x18\x01 \x01(\x0b\x32\x15.symbi.v1.PageRequest\"b\n\x17ListCheckpointsResponse\x12)\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x14.symbi.v1.Checkpoint\x12\x1c\n\x04page\x18\x02 \x01(\x0b\x32\x0e.symbi.v1.Page\"\\\n\x15InclusionProofRequest\x12\x12\n\x08\x65vent_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08sequence\x18\x02 \x01(\x04H\x00\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x42\x08\n\x06target\"\x90\x01\n\x16InclusionProofResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.symbi.v1.AuditEvent\x12\'\n\x05proof\x18\x02 \x01(\x0b\x32\x18.symbi.v1.InclusionProof\x12(\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x14.symbi.v1.Checkpoint\"L\n\x17\x43onsistencyProofRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\"\x90\x01\n\x18\x43onsistencyProofResponse\x12)\n\x05proof\x18\x01 \x01(\x0b\x32\x1a.symbi.v1.ConsistencyProof\x12#\n\x05\x66irst\x18\x02 \x01(\x0b\x32\x14.symbi.v1.Checkpoint\x12$\n\x06second\x18\x03 \x01(\x0b\x32\x14.symbi.v1.Checkpoint\"\x18\n\x16ListSigningKeysRequest\"=\n\x17ListSigningKeysResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.symbi.v1.SigningKey\"\xce\x01\n\x17\x43omplianceReportRequest\x12\x11\n\tframework\x18\x01 \x01(\t\x12\x12\n\ndefinition\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x16.symbi.v1.ReportFormat\x12\x0e\n\x06tenant\x18\x06 \x01(\t\"\xdc\x01\n\x18\x43omplianceReportResponse\x12\x11\n\tframework\x18\x01 \x01(\t\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x64ocument\x18\x03 \x01(\x0c\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12+\n\tintegrity\x18\x05 \x01(\x0b\x32\x18.symbi.v1.VerifyResponse\x12\x30\n\x0cgenerated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*}\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n\x15\x41UDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x03*\x8a\x04\n\x17VerificationFailureKind\x12)\n%VERIFICATION_FAILURE_KIND_UNSPECIFIED\x10\x00\x12+\n\'VERIFICATION_FAILURE_KIND_HASH_MISMATCH\x10\x01\x12*\n&VERIFICATION_FAILURE_KIND_CHAIN_BROKEN\x10\x02\x12*\n&VERIFICATION_FAILURE_KIND_SEQUENCE_GAP\x10\x03\x12\x31\n-VERIFICATION_FAILURE_KIND_BAD_EVENT_SIGNATURE\x10\x04\x12\x36\n2VERIFICATION_FAILURE_KIND_BAD_CHECKPOINT_SIGNATURE\x10\x05\x12+\n\'VERIFICATION_FAILURE_KIND_ROOT_MISMATCH\x10\x06\x12\'\n#VERIFICATION_FAILURE_KIND_TRUNCATED\x10\x07\x12*\n&VERIFICATION_FAILURE_KIND_INCONSISTENT\x10\x08\x12\'\n#VERIFICATION_FAILURE_KIND_MALFORMED\x10\t\x12)\n%VERIFICATION_FAILURE_KIND_UNKNOWN_KEY\x10\n*y\n\x0cReportFormat\x12\x1d\n\x19REPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12REPORT_FORMAT_JSON\x10\x01\x12\x1a\n\x16REPORT_FORMAT_MARKDOWN\x10\x02\x12\x16\n\x12REPORT_FORMAT_HTML\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14symbi/v1/audit.proto\x12\x08symbi.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15symbi/v1/common.proto\"\xee\x02\n\nAuditEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nchain_hash\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x0e\n\x06key_id\x18\x08 \x01(\t\x12\x10\n\x08sequence\x18\t \x01(\x04\x12\x0e\n\x06source\x18\n \x01(\t\x12\x0e\n\x06tenant\x18\x0b \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x0c \x01(\t\x12\x10\n\x08trace_id\x18\r \x01(\t\x12\'\n\x07outcome\x18\x0e \x01(\x0e\x32\x16.symbi.v1.AuditOutcome\x12\x13\n\x0b\x64\x61ta_labels\x18\x0f \x03(\t\"D\n\nAuditBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.symbi.v1.AuditEvent\"\xad\x01\n\nCheckpoint\x12\x0e\n\x06log_id\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0flast_chain_hash\x18\x05 \x01(\x0c\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x11\n\tsignature\x18\x07 \x01(\x0c\"X\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x03(\x0c\"S\n\x10\x43onsistencyProof\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\x12\x0c\n\x04path\x18\x03 \x03(\x0c\"\xa4\x01\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12.\n\nvalid_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf2\x02\n\x11\x41uditQueryRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x02 \x03(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\rfrom_sequence\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0bto_sequence\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\'\n\x07outcome\x18\t \x01(\x0e\x32\x16.symbi.v1.AuditOutcome\x12#\n\x04page\x18\n \x01(\x0b\x32\x15.symbi.v1.PageRequest\x12\x12\n\ndescending\x18\x0b \x01(\x08\x42\x10\n\x0e_from_sequenceB\x0e\n\x0c_to_sequence\"X\n\x12\x41uditQueryResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.symbi.v1.AuditEvent\x12\x1c\n\x04page\x18\x02 \x01(\x0b\x32\x0e.symbi.v1.Page\"z\n\x13VerificationFailure\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.symbi.v1.VerificationFailureKind\x12\x15\n\x08sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\tB\x0b\n\t_sequence\"q\n\rVerifyRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x04\x12\x18\n\x0bto_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x1f\n\x17verify_event_signatures\x18\x03 \x01(\x08\x42\x0e\n\x0c_to_sequence\"\xd7\x01\n\x0eVerifyResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x16\n\x0e\x65vents_checked\x18\x02 \x01(\x04\x12\x1b\n\x13\x63heckpoints_checked\x18\x03 \x01(\x04\x12.\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x1d.symbi.v1.VerificationFailure\x12(\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x14.symbi.v1.Checkpoint\x12*\n\x07\x65lapsed\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\")\n\x14GetCheckpointRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\"=\n\x16ListCheckpointsRequest\x12#\n\x04page\x18\x01 \x01(\x0b\x32\x15.symbi.v1.PageRequest\"b\n\x17ListCheckpointsResponse\x12)\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x14.symbi.v1.Checkpoint\x12\x1c\n\x04page\x18\x02 \x01(\x0b\x32\x0e.symbi.v1.Page\"\\\n\x15InclusionProofRequest\x12\x12\n\x08\x65vent_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08sequence\x18\x02 \x01(\x04H\x00\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x42\x08\n\x06target\"\x90\x01\n\x16InclusionProofResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.symbi.v1.AuditEvent\x12\'\n\x05proof\x18\x02 \x01(\x0b\x32\x18.symbi.v1.InclusionProof\x12(\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x14.symbi.v1.Checkpoint\"L\n\x17\x43onsistencyProofRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\"\x90\x01\n\x18\x43onsistencyProofResponse\x12)\n\x05proof\x18\x01 \x01(\x0b\x32\x1a.symbi.v1.ConsistencyProof\x12#\n\x05\x66irst\x18\x02 \x01(\x0b\x32\x14.symbi.v1.Checkpoint\x12$\n\x06second\x18\x03 \x01(\x0b\x32\x14.symbi.v1.Checkpoint\"\x18\n\x16ListSigningKeysRequest\"=\n\x17ListSigningKeysResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.symbi.v1.SigningKey\"\xce\x01\n\x17\x43omplianceReportRequest\x12\x11\n\tframework\x18\x01 \x01(\t\x12\x12\n\ndefinition\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x16.symbi.v1.ReportFormat\x12\x0e\n\x06tenant\x18\x06 \x01(\t\"\xdc\x01\n\x18\x43omplianceReportResponse\x12\x11\n\tframework\x18\x01 \x01(\t\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x64ocument\x18\x03 \x01(\x0c\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12+\n\tintegrity\x18\x05 \x01(\x0b\x32\x18.symbi.v1.VerifyResponse\x12\x30\n\x0cgenerated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*}\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n\x15\x41UDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x03*\x8a\x04\n\x17VerificationFailureKind\x12)\n%VERIFICATION_FAILURE_KIND_UNSPECIFIED\x10\x00\x12+\n\'VERIFICATION_FAILURE_KIND_HASH_MISMATCH\x10\x01\x12*\n&VERIFICATION_FAILURE_KIND_CHAIN_BROKEN\x10\x02\x12*\n&VERIFICATION_FAILURE_KIND_SEQUENCE_GAP\x10\x03\x12\x31\n-VERIFICATION_FAILURE_KIND_BAD_EVENT_SIGNATURE\x10\x04\x12\x36\n2VERIFICATION_FAILURE_KIND_BAD_CHECKPOINT_SIGNATURE\x10\x05\x12+\n\'VERIFICATION_FAILURE_KIND_ROOT_MISMATCH\x10\x06\x12\'\n#VERIFICATION_FAILURE_KIND_TRUNCATED\x10\x07\x12*\n&VERIFICATION_FAILURE_KIND_INCONSISTENT\x10\x08\x12\'\n#VERIFICATION_FAILURE_KIND_MALFORMED\x10\t\x12)\n%VERIFICATION_FAILURE_KIND_UNKNOWN_KEY\x10\n*y\n\x0cReportFormat\x12\x1d\n\x19REPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12REPORT_FORMAT_JSON\x10\x01\x12\x1a\n\x16REPORT_FORMAT_MARKDOWN\x10\x02\x12\x16\n\x12REPORT_FORMAT_HTML\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'symbi_proto.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDITOUTCOME']._serialized_start=3152
-  _globals['_AUDITOUTCOME']._serialized_end=3277
-  _globals['_VERIFICATIONFAILUREKIND']._serialized_start=3280
-  _globals['_VERIFICATIONFAILUREKIND']._serialized_end=3802
-  _globals['_REPORTFORMAT']._serialized_start=3804
-  _globals['_REPORTFORMAT']._serialized_end=3925
+  _globals['_AUDITOUTCOME']._serialized_start=3222
+  _globals['_AUDITOUTCOME']._serialized_end=3347
+  _globals['_VERIFICATIONFAILUREKIND']._serialized_start=3350
+  _globals['_VERIFICATIONFAILUREKIND']._serialized_end=3872
+  _globals['_REPORTFORMAT']._serialized_start=3874
+  _globals['_REPORTFORMAT']._serialized_end=3995
   _globals['_AUDITEVENT']._serialized_start=153
   _globals['_AUDITEVENT']._serialized_end=519
-  _globals['_CHECKPOINT']._serialized_start=522
-  _globals['_CHECKPOINT']._serialized_end=695
-  _globals['_INCLUSIONPROOF']._serialized_start=697
-  _globals['_INCLUSIONPROOF']._serialized_end=785
-  _globals['_CONSISTENCYPROOF']._serialized_start=787
-  _globals['_CONSISTENCYPROOF']._serialized_end=870
-  _globals['_SIGNINGKEY']._serialized_start=873
-  _globals['_SIGNINGKEY']._serialized_end=1037
-  _globals['_AUDITQUERYREQUEST']._serialized_start=1040
-  _globals['_AUDITQUERYREQUEST']._serialized_end=1410
-  _globals['_AUDITQUERYRESPONSE']._serialized_start=1412
-  _globals['_AUDITQUERYRESPONSE']._serialized_end=1500
-  _globals['_VERIFICATIONFAILURE']._serialized_start=1502
-  _globals['_VERIFICATIONFAILURE']._serialized_end=1624
-  _globals['_VERIFYREQUEST']._serialized_start=1626
-  _globals['_VERIFYREQUEST']._serialized_end=1739
-  _globals['_VERIFYRESPONSE']._serialized_start=1742
-  _globals['_VERIFYRESPONSE']._serialized_end=1957
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1959
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=2000
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=2002
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=2063
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=2065
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=2163
-  _globals['_INCLUSIONPROOFREQUEST']._serialized_start=2165
-  _globals['_INCLUSIONPROOFREQUEST']._serialized_end=2257
-  _globals['_INCLUSIONPROOFRESPONSE']._serialized_start=2260
-  _globals['_INCLUSIONPROOFRESPONSE']._serialized_end=2404
-  _globals['_CONSISTENCYPROOFREQUEST']._serialized_start=2406
-  _globals['_CONSISTENCYPROOFREQUEST']._serialized_end=2482
-  _globals['_CONSISTENCYPROOFRESPONSE']._serialized_start=2485
-  _globals['_CONSISTENCYPROOFRESPONSE']._serialized_end=2629
-  _globals['_LISTSIGNINGKEYSREQUEST']._serialized_start=2631
-  _globals['_LISTSIGNINGKEYSREQUEST']._serialized_end=2655
-  _globals['_LISTSIGNINGKEYSRESPONSE']._serialized_start=2657
-  _globals['_LISTSIGNINGKEYSRESPONSE']._serialized_end=2718
-  _globals['_COMPLIANCEREPORTREQUEST']._serialized_start=2721
-  _globals['_COMPLIANCEREPORTREQUEST']._serialized_end=2927
-  _globals['_COMPLIANCEREPORTRESPONSE']._serialized_start=2930
-  _globals['_COMPLIANCEREPORTRESPONSE']._serialized_end=3150
+  _globals['_AUDITBATCH']._serialized_start=521
+  _globals['_AUDITBATCH']._serialized_end=589
+  _globals['_CHECKPOINT']._serialized_start=592
+  _globals['_CHECKPOINT']._serialized_end=765
+  _globals['_INCLUSIONPROOF']._serialized_start=767
+  _globals['_INCLUSIONPROOF']._serialized_end=855
+  _globals['_CONSISTENCYPROOF']._serialized_start=857
+  _globals['_CONSISTENCYPROOF']._serialized_end=940
+  _globals['_SIGNINGKEY']._serialized_start=943
+  _globals['_SIGNINGKEY']._serialized_end=1107
+  _globals['_AUDITQUERYREQUEST']._serialized_start=1110
+  _globals['_AUDITQUERYREQUEST']._serialized_end=1480
+  _globals['_AUDITQUERYRESPONSE']._serialized_start=1482
+  _globals['_AUDITQUERYRESPONSE']._serialized_end=1570
+  _globals['_VERIFICATIONFAILURE']._serialized_start=1572
+  _globals['_VERIFICATIONFAILURE']._serialized_end=1694
+  _globals['_VERIFYREQUEST']._serialized_start=1696
+  _globals['_VERIFYREQUEST']._serialized_end=1809
+  _globals['_VERIFYRESPONSE']._serialized_start=1812
+  _globals['_VERIFYRESPONSE']._serialized_end=2027
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=2029
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=2070
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=2072
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=2133
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=2135
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=2233
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_start=2235
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_end=2327
+  _globals['_INCLUSIONPROOFRESPONSE']._serialized_start=2330
+  _globals['_INCLUSIONPROOFRESPONSE']._serialized_end=2474
+  _globals['_CONSISTENCYPROOFREQUEST']._serialized_start=2476
+  _globals['_CONSISTENCYPROOFREQUEST']._serialized_end=2552
+  _globals['_CONSISTENCYPROOFRESPONSE']._serialized_start=2555
+  _globals['_CONSISTENCYPROOFRESPONSE']._serialized_end=2699
+  _globals['_LISTSIGNINGKEYSREQUEST']._serialized_start=2701
+  _globals['_LISTSIGNINGKEYSREQUEST']._serialized_end=2725
+  _globals['_LISTSIGNINGKEYSRESPONSE']._serialized_start=2727
+  _globals['_LISTSIGNINGKEYSRESPONSE']._serialized_end=2788
+  _globals['_COMPLIANCEREPORTREQUEST']._serialized_start=2791
+  _globals['_COMPLIANCEREPORTREQUEST']._serialized_end=2997
+  _globals['_COMPLIANCEREPORTRESPONSE']._serialized_start=3000
+  _globals['_COMPLIANCEREPORTRESPONSE']._serialized_end=3220
 # @@protoc_insertion_point(module_scope)

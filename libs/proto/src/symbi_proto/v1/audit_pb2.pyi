@@ -4,7 +4,9 @@ isort:skip_file
 The audit trail: events, the hash chain, Merkle checkpoints and proofs
 (RFC 9162 construction), and the query/verify/report requests served on
 symbi.auditq.*. Producers publish AuditEvent on symbi.audit.<event_type>
-into the AUDIT JetStream stream, with Nats-Msg-Id = event_id.
+into the AUDIT JetStream stream, with Nats-Msg-Id = event_id; high-rate
+producers publish AuditBatch on symbi.audit.batch with Nats-Msg-Id = batch_id
+(so "batch" is not an event type).
 """
 
 from collections import abc as _abc
@@ -207,6 +209,36 @@ class AuditEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
+
+@_typing.final
+class AuditBatch(_message.Message):
+    """Several events in one JetStream message (one publish and one acknowledgement for
+    many events). The consumer appends them in order, deduplicating by event_id as
+    for single events; a retried batch carries the same batch_id and is dropped by
+    the stream's duplicate window.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """UUIDv7 of the batch; its Nats-Msg-Id."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]: ...
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        events: _abc.Iterable[Global___AuditEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditBatch: _TypeAlias = AuditBatch  # noqa: Y015
 
 @_typing.final
 class Checkpoint(_message.Message):

@@ -4,7 +4,9 @@ isort:skip_file
 The audit trail: events, the hash chain, Merkle checkpoints and proofs
 (RFC 9162 construction), and the query/verify/report requests served on
 symbi.auditq.*. Producers publish AuditEvent on symbi.audit.<event_type>
-into the AUDIT JetStream stream, with Nats-Msg-Id = event_id.
+into the AUDIT JetStream stream, with Nats-Msg-Id = event_id; high-rate
+producers publish AuditBatch on symbi.audit.batch with Nats-Msg-Id = batch_id
+(so "batch" is not an event type).
 """
 
 from collections import abc as _abc
