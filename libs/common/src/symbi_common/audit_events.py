@@ -190,7 +190,13 @@ class AuditPublisher:
             if not self._stream_ready:
                 await ensure_stream(self.js)
                 self._stream_ready = True
-            return await natsio.publish_durable(self.js, subject, event, msg_id=event.event_id, timeout=self.timeout_s)
+            try:
+                return await natsio.publish_durable(
+                    self.js, subject, event, msg_id=event.event_id, timeout=self.timeout_s
+                )
+            except SymbiError:
+                self._stream_ready = False  # the stream may be gone: make sure of it on the next try
+                raise
 
         try:
             return await retry(attempt, self.retry_policy, what=f"publish audit event {event.event_type}")
@@ -324,6 +330,7 @@ class AuditBuffer:
                 headers={natsio.MSG_ID_HEADER: batch.batch_id},
             )
         except Exception as exc:
+            self._stream_ready = False  # the stream may be gone: make sure of it on the next round
             self.healthy = False
             self.failures += len(batch.events)
             self.last_error = f"{type(exc).__name__}: {exc}"

@@ -84,6 +84,8 @@ REGISTRY: tuple[EnvVar, ...] = (
         "policy.decision_timeout_s",
         "How long a client waits for a policy decision before denying, in seconds.",
     ),
+    EnvVar("SYMBI_AUDIT_FSYNC", "audit.fsync", "`batch` (fsync before acknowledging) or `off` (test setups only)."),
+    EnvVar("SYMBI_AUDIT_CHECKPOINT_EVERY", "audit.checkpoint_every", "Events between signed audit checkpoints."),
     EnvVar("SYMBI_API_HOST", "api.host", "Address the HTTP API binds."),
     EnvVar("SYMBI_API_PORT", "api.port", "Port of the HTTP API (0: any free port)."),
     EnvVar("SYMBI_METRICS_HOST", "telemetry.metrics_host", "Address of each service's /metrics and /health endpoint."),

@@ -102,6 +102,17 @@ class PolicySettings(_Section):
     """Clients: decisions kept for reuse where the policy allows it (``cache_ttl``); 0 disables."""
 
 
+class AuditSettings(_Section):
+    fsync: Literal["batch", "off"] = "batch"
+    """``batch``: fsync each appended batch before acknowledging it; ``off``: never (test setups only)."""
+    batch_size: int = Field(default=1000, gt=0, le=100_000)
+    checkpoint_every: int = Field(default=1000, gt=0)
+    checkpoint_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    segment_mb: int = Field(default=64, gt=0, le=4096)
+    lease_ttl_s: float = Field(default=5.0, ge=1, le=600)
+    signing_threads: int = Field(default=2, gt=0, le=64)
+
+
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65_535)
@@ -121,6 +132,7 @@ class Settings(_Section):
     nats: NatsSettings = Field(default_factory=NatsSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 

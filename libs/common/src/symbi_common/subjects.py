@@ -31,8 +31,19 @@ AUDIT_STREAM = "AUDIT"
 AUDIT_EVENTS = f"{PREFIX}.audit.>"
 AUDIT_BATCH = f"{PREFIX}.audit.batch"  # AuditBatch messages; "batch" is therefore no event type
 AUDIT_DEAD_LETTER = f"{PREFIX}.deadletter.audit"
+# Requests to the audit service (any replica answers; rotate only the writer).
 AUDIT_QUERY = f"{PREFIX}.auditq.query"
 AUDIT_VERIFY = f"{PREFIX}.auditq.verify"
+AUDIT_CHECKPOINT = f"{PREFIX}.auditq.checkpoint"
+AUDIT_CHECKPOINTS = f"{PREFIX}.auditq.checkpoints"
+AUDIT_INCLUSION = f"{PREFIX}.auditq.inclusion"
+AUDIT_CONSISTENCY = f"{PREFIX}.auditq.consistency"
+AUDIT_KEYS = f"{PREFIX}.auditq.keys"
+AUDIT_REPORT = f"{PREFIX}.auditq.report"
+AUDIT_ROTATE = f"{PREFIX}.auditq.rotate"
+# What the writer announces: appended events (AuditBatch) and new checkpoints (Checkpoint).
+AUDIT_APPENDED = f"{PREFIX}.auditlog.appended"
+AUDIT_CHECKPOINT_FEED = f"{PREFIX}.auditlog.checkpoint"
 
 
 def audit_event(event_type: str) -> str:

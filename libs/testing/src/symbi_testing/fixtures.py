@@ -7,6 +7,7 @@
 - ``span_exporter``: every span this test process records, in memory.
 - ``run_service``: start a ``ServiceSpec`` in-process with the real bootstrap; stopped after the test.
 - ``fresh_policy_log``: an empty POLICY stream for the test, and none left behind.
+- ``fresh_audit_streams``: empty AUDIT and DEADLETTER streams and no writer lease, before and after.
 
 External servers: ``--nats-url``/``--redis-url`` or ``SYMBI_TEST_NATS_URL``/``SYMBI_TEST_REDIS_URL``.
 Every test has a time cap (``timeout`` in pytest config).
@@ -130,3 +131,16 @@ async def fresh_policy_log(nc: Client) -> AsyncIterator[None]:
     await delete_stream(nc, subjects.POLICY_STREAM)
     yield
     await delete_stream(nc, subjects.POLICY_STREAM)
+
+
+AUDIT_TEST_STREAMS = (subjects.AUDIT_STREAM, "DEADLETTER", "KV_symbi_audit_writer")
+
+
+@pytest_asyncio.fixture
+async def fresh_audit_streams(nc: Client) -> AsyncIterator[None]:
+    """Audit tests count what is in the streams: give each empty ones, and leave none."""
+    for name in AUDIT_TEST_STREAMS:
+        await delete_stream(nc, name)
+    yield
+    for name in AUDIT_TEST_STREAMS:
+        await delete_stream(nc, name)

@@ -796,6 +796,35 @@ class ListSigningKeysRequest(_message.Message):
 Global___ListSigningKeysRequest: _TypeAlias = ListSigningKeysRequest  # noqa: Y015
 
 @_typing.final
+class RotateSigningKeyRequest(_message.Message):
+    """Replace the log's signing key (symbi.auditq.rotate, answered by the writer). The
+    rotation is recorded in the log as an "audit.key_rotated" event signed by the
+    outgoing key; the reply is the new key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Recorded in the rotation event."""
+    requested_by: _builtins.str
+    """Subject id of whoever asked."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateSigningKeyRequest: _TypeAlias = RotateSigningKeyRequest  # noqa: Y015
+
+@_typing.final
 class ListSigningKeysResponse(_message.Message):
     """Every signing key the log has used, oldest first."""
 
