@@ -18,6 +18,7 @@ SMOKE_ARGS = {
     "natsio_rpc.py": ["--requests", "64", "--concurrency", "4"],
     "envelope.py": ["--messages", "50"],
     "policy.py": ["--quick"],
+    "audit.py": ["--quick"],
 }
 
 

@@ -29,7 +29,7 @@ def symbi(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 def test_help_explains_every_command() -> None:
     result = symbi("--help")
     assert result.returncode == 0
-    for command in ("up", "serve", "status", "config", "policy"):
+    for command in ("up", "serve", "status", "config", "policy", "audit"):
         assert command in result.stdout
     serve = symbi("serve", "--help")
     assert all(name in serve.stdout for name in catalog.SERVICE_NAMES)

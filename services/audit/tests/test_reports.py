@@ -106,3 +106,14 @@ def test_bad_definitions_are_explained(audit_log: AuditLog, framework: str, defi
 def test_every_builtin_renders(audit_log: AuditLog) -> None:
     for name in BUILTIN:
         assert report(audit_log, name)["framework"] == name
+
+
+def test_the_documented_definition_runs(audit_log: AuditLog) -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "audit.md").read_text()
+    (definition,) = re.findall(r"^```yaml\n(.*?)^```$", doc, re.S | re.M)
+    fill(audit_log)
+    sections = {s["id"]: s for s in report(audit_log, "tools", definition=definition)["sections"]}
+    assert sections["calls"]["groups"] == {"alice": 2, "bob": 1, "carol": 1}

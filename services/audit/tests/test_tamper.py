@@ -59,6 +59,12 @@ def rewrite(directory: Path, change: Callable[[Events], Events]) -> None:
             f.write(storage.frame(event.SerializeToString()))
 
 
+def write_checkpoints(directory: Path, checkpoints: list[audit_pb2.Checkpoint]) -> None:
+    with open(directory / "checkpoints.log", "wb") as f:
+        for cp in checkpoints:
+            f.write(storage.frame(cp.SerializeToString()))
+
+
 def failure(directory: Path, trusted: Trust, **kw: object) -> audit_pb2.VerificationFailure:
     result = verify_directory(directory, trusted, **kw)  # type: ignore[arg-type]  # the keywords are typed there
     assert not result.ok
@@ -166,9 +172,7 @@ def test_a_truncated_tail_with_its_checkpoints_removed_is_caught_by_a_witness(se
     witness = read_checkpoints(sealed)[-1]  # an auditor kept the latest signed checkpoint
     rewrite(sealed, lambda events: events[:35])
     kept = [cp for cp in read_checkpoints(sealed) if cp.tree_size <= 35]
-    with open(sealed / "checkpoints.log", "wb") as f:
-        for cp in kept:
-            f.write(storage.frame(cp.SerializeToString()))
+    write_checkpoints(sealed, kept)
     assert verify_directory(sealed, trusted).ok  # consistent on its own ...
     found = failure(sealed, trusted, witness=[witness])  # ... but not with what the witness holds
     assert (found.kind, found.sequence) == (K.VERIFICATION_FAILURE_KIND_TRUNCATED, 35)
@@ -177,9 +181,7 @@ def test_a_truncated_tail_with_its_checkpoints_removed_is_caught_by_a_witness(se
 def test_a_replaced_checkpoint_signature(sealed: Path, trusted: Trust) -> None:
     checkpoints = read_checkpoints(sealed)
     checkpoints[2].signature = bytes(64)
-    with open(sealed / "checkpoints.log", "wb") as f:
-        for cp in checkpoints:
-            f.write(storage.frame(cp.SerializeToString()))
+    write_checkpoints(sealed, checkpoints)
     found = failure(sealed, trusted)
     assert (found.kind, found.sequence) == (K.VERIFICATION_FAILURE_KIND_BAD_CHECKPOINT_SIGNATURE, 21)
 
@@ -187,9 +189,7 @@ def test_a_replaced_checkpoint_signature(sealed: Path, trusted: Trust) -> None:
 def test_a_forged_checkpoint_root(sealed: Path, trusted: Trust) -> None:
     checkpoints = read_checkpoints(sealed)
     checkpoints[1].root_hash = bytes(32)
-    with open(sealed / "checkpoints.log", "wb") as f:
-        for cp in checkpoints:
-            f.write(storage.frame(cp.SerializeToString()))
+    write_checkpoints(sealed, checkpoints)
     found = failure(sealed, trusted)
     assert found.kind == K.VERIFICATION_FAILURE_KIND_BAD_CHECKPOINT_SIGNATURE  # the root is inside the signature
 

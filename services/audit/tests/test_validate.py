@@ -27,6 +27,7 @@ def good() -> audit_pb2.AuditEvent:
         (lambda e: setattr(e, "key_id", "k"), "assigned by the log"),
         (lambda e: setattr(e, "agent_id", "a" * 600), "agent_id is longer"),
         (lambda e: e.data_labels.append(""), "data labels must be non-empty"),
+        (lambda e: e.data_labels.extend(["x"] * 65), "more than 64 data labels"),
         (lambda e: e.details.fields["n"].__setattr__("number_value", float("inf")), "no canonical form"),
         (lambda e: e.details.fields["blob"].__setattr__("string_value", "x" * 70_000), "details exceed"),
     ],

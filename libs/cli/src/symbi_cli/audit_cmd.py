@@ -23,6 +23,7 @@ from google.protobuf.json_format import MessageToDict, Parse
 from google.protobuf.message import Message
 from nats.aio.client import Client
 
+from symbi_cli import subcommands
 from symbi_cli.stack import running_value
 from symbi_common import natsio, subjects
 from symbi_common.errors import InvalidArgumentError
@@ -37,21 +38,14 @@ FORMATS = {
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser, add = subcommands.group(
+        commands,
         "audit",
-        help="verify, query and prove the audit trail",
-        description="Verify an exported audit log offline with nothing but its files and a public key, "
+        "verify, query and prove the audit trail",
+        "Verify an exported audit log offline with nothing but its files and a public key, "
         "or query the running audit service: events, proofs, checkpoints, keys, compliance reports.",
     )
     parser.add_argument("--nats-url", help="NATS of the audit service (default: the running `symbi up`)")
-    parser.add_argument("--state-dir", type=Path, help="state directory of the `symbi up` to use")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    sub = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-
-    def add(name: str, summary: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        cmd: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary)
-        cmd.set_defaults(handler=handler)
-        return cmd
 
     verify = add("verify", "verify a log directory offline; exit 1 naming the first bad event", _verify)
     verify.add_argument("directory", type=Path, help="an exported log (or the storage directory itself)")
@@ -230,11 +224,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
     async def work(nc: Client) -> int:
         cp = await _ask(nc, subjects.AUDIT_CHECKPOINT, audit_pb2.GetCheckpointRequest(), audit_pb2.Checkpoint)
         text = json.dumps(MessageToDict(cp, preserving_proto_field_name=True), indent=2)
-        if args.save:
-            args.save.write_text(text)
-            print(f"checkpoint of {cp.tree_size} events saved to {args.save}")
-        else:
-            print(text)
+        subcommands.save_or_print(text, args.save, f"checkpoint of {cp.tree_size} events")
         return 0
 
     return _with_nats(args, work)
@@ -285,11 +275,7 @@ def _keys(args: argparse.Namespace) -> int:
         )
         cp = await _ask(nc, subjects.AUDIT_CHECKPOINT, audit_pb2.GetCheckpointRequest(), audit_pb2.Checkpoint)
         text = json.dumps(public_keys_document(list(reply.keys), cp.log_id), indent=2)
-        if args.save:
-            args.save.write_text(text)
-            print(f"{len(reply.keys)} keys of log {cp.log_id} saved to {args.save}")
-        else:
-            print(text)
+        subcommands.save_or_print(text, args.save, f"{len(reply.keys)} keys of log {cp.log_id}")
         return 0
 
     return _with_nats(args, work)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from google.protobuf.json_format import MessageToDict
 
+from symbi_cli import subcommands
 from symbi_cli.stack import running_value
 from symbi_common.errors import InvalidArgumentError
 from symbi_common.policy_client import PolicyClient, is_allowed, request_from_dict
@@ -31,22 +32,14 @@ EXIT_OK, EXIT_DENIED = 0, 1
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser, add = subcommands.group(
+        commands,
         "policy",
-        help="manage and test policies",
-        description="Validate policy files offline, or manage and query the running policy service. "
+        "manage and test policies",
+        "Validate policy files offline, or manage and query the running policy service. "
         "The policy format is described in docs/policy.md.",
     )
     parser.add_argument("--addr", help="policy service host:port (default: the running `symbi up`, else [policy].addr)")
-    parser.add_argument("--state-dir", type=Path, help="state directory of the `symbi up` to use")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    sub = parser.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
-
-    def add(name: str, summary: str, handler: Callable[..., int]) -> argparse.ArgumentParser:
-        cmd: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary)
-        cmd.set_defaults(handler=lambda args: handler(args))
-        return cmd
-
     add("validate", "check policy files offline; print each problem as file:line:column", _validate).add_argument(
         "files", nargs="+", type=Path
     )
@@ -70,7 +63,6 @@ def register(commands: Any) -> None:
     dry.add_argument("--candidate", action="append", type=Path, default=[], help="candidate policy file (repeatable)")
     dry.add_argument("--remove", action="append", default=[], help="policy id to drop in the candidate set")
     dry.add_argument("--replace", action="store_true", help="start the candidate set empty")
-    parser.set_defaults(handler=lambda args: parser.print_help() or 2)
 
 
 def policy_addr(args: argparse.Namespace, settings: Settings) -> str:

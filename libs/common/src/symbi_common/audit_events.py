@@ -121,10 +121,13 @@ def _set(target: Value, value: Any) -> None:
         raise TypeError(f"{type(value).__name__} is not JSON-like")
 
 
-@functools.lru_cache(maxsize=1024)
-def _checked_type(event_type: str) -> str:
-    """The subject of an event type, validated once per type."""
+@functools.lru_cache(maxsize=4096)
+def event_subject(event_type: str) -> str:
+    """The subject of an event type, validated once per type (raises ``InvalidArgumentError``)."""
     return subjects.audit_event(event_type)
+
+
+_checked_type = event_subject
 
 
 def build_event(

@@ -74,6 +74,23 @@ def _value(value: Value) -> Any:
     return None  # null_value, or unset
 
 
+def check_details(struct: Struct) -> None:
+    """Raise ``CanonicalError`` if ``struct`` holds a number with no canonical form (cheaper than encoding)."""
+    for value in struct.fields.values():
+        _check(value)
+
+
+def _check(value: Value) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value" and not math.isfinite(value.number_value):
+        raise CanonicalError(f"{value.number_value} has no canonical form")
+    if kind == "struct_value":
+        check_details(value.struct_value)
+    elif kind == "list_value":
+        for item in value.list_value.values:
+            _check(item)
+
+
 def _list(items: ListValue) -> list[Any]:
     return [_value(item) for item in items.values]
 

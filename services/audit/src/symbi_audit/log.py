@@ -8,7 +8,8 @@ from the leaf hashes, and an empty log gets its genesis event
 
 ``append`` takes validated, deduplicated events in order and, for the batch:
 assigns sequences; computes each leaf hash and chain hash; signs every chain hash
-(Ed25519, on a small thread pool: ``cryptography`` releases the GIL while signing);
+(Ed25519, in chunks on a small thread pool while the next chunk is hashed:
+``cryptography`` releases the GIL while signing);
 writes the records and fsyncs the segment; then extends the leaf file, the tree and
 the index. Only then may the caller acknowledge the batch. A checkpoint (tree size,
 root, time, last chain hash, signed) is written every ``checkpoint_every`` events or
@@ -48,6 +49,7 @@ GENESIS_TYPE = "audit.log_created"
 ROTATION_TYPE = "audit.key_rotated"
 REPAIR_TYPE = "audit.log_repaired"
 META = "log.json"
+SIGN_CHUNK = 128  # events per signing job: hashing the next chunk overlaps signing this one
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,16 +259,26 @@ class AuditLog:
         if not events:
             return []
         key = self.keys.current
+        private = key.private
+        assert private is not None
         chain_hash = self.head_chain
-        leaves = []
-        for sequence, event in enumerate(events, start=self.size):
-            event.sequence = sequence
-            leaf = canonical.leaf_hash(event)
-            chain_hash = canonical.chain(chain_hash, leaf)
-            event.chain_hash = chain_hash
-            event.key_id = key.key_id
-            leaves.append(leaf)
-        self._sign(key, events)
+        leaves: list[bytes] = []
+        pending: list[concurrent.futures.Future[list[bytes]]] = []
+        for start in range(0, len(events), SIGN_CHUNK):
+            chunk = events[start : start + SIGN_CHUNK]
+            for sequence, event in enumerate(chunk, start=self.size + start):
+                event.sequence = sequence
+                leaf = canonical.leaf_hash(event)
+                chain_hash = canonical.chain(chain_hash, leaf)
+                event.chain_hash = chain_hash
+                event.key_id = key.key_id
+                leaves.append(leaf)
+            # Sign this chunk on the pool while the next one is hashed here.
+            inputs = [canonical.event_signing_input(event.chain_hash) for event in chunk]
+            pending.append(self._pool.submit(lambda data: [private.sign(d) for d in data], inputs))
+        signatures = [signature for future in pending for signature in future.result()]
+        for event, signature in zip(events, signatures, strict=True):
+            event.signature = signature
         rows = self._write(events)
         assert self._leaves is not None
         for leaf in leaves:
@@ -279,18 +291,6 @@ class AuditLog:
         if self.checkpoint_due():
             self.checkpoint()
         return list(events)
-
-    def _sign(self, key: SigningKey, events: Sequence[audit_pb2.AuditEvent]) -> None:
-        private = key.private
-        assert private is not None
-        inputs = [canonical.event_signing_input(event.chain_hash) for event in events]
-        if len(inputs) < 64:
-            signatures = [private.sign(data) for data in inputs]
-        else:
-            chunks = [inputs[i : i + 256] for i in range(0, len(inputs), 256)]
-            signatures = [s for part in self._pool.map(lambda c: [private.sign(d) for d in c], chunks) for s in part]
-        for event, signature in zip(events, signatures, strict=True):
-            event.signature = signature
 
     def _write(self, events: Sequence[audit_pb2.AuditEvent]) -> list[tuple[audit_pb2.AuditEvent, int, int]]:
         rows = []

@@ -14,6 +14,7 @@ by the log would teach verifiers to trust a key nobody vetted.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -21,15 +22,16 @@ from google.protobuf.message import DecodeError
 
 from symbi_audit import canonical
 from symbi_common import subjects
-from symbi_common.audit_events import MAX_DETAILS_BYTES
+from symbi_common.audit_events import MAX_DETAILS_BYTES, event_subject
 from symbi_common.errors import InvalidArgumentError
-from symbi_common.ids import parse_id
 from symbi_proto.v1 import audit_pb2
 
 MAX_CLOCK_SKEW_S = 300
 MAX_FIELD_CHARS = 512
+MAX_LABELS = 64
 RESERVED_PREFIX = "audit."
 _EVENT_PREFIX = f"{subjects.PREFIX}.audit."
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +69,10 @@ def parse_message(subject: str, data: bytes) -> tuple[list[audit_pb2.AuditEvent]
 
 def check(event: audit_pb2.AuditEvent, *, now: float | None = None) -> str | None:
     """Why ``event`` may not be appended, or None."""
+    if not _UUID.fullmatch(event.event_id):
+        return f"event_id {event.event_id!r} is not a UUID"
     try:
-        parse_id(event.event_id, what="event_id")
-        subjects.audit_event(event.event_type)
+        event_subject(event.event_type)
     except InvalidArgumentError as exc:
         return exc.message
     if event.event_type.startswith(RESERVED_PREFIX):
@@ -85,10 +88,12 @@ def check(event: audit_pb2.AuditEvent, *, now: float | None = None) -> str | Non
     for name in ("agent_id", "source", "tenant", "correlation_id", "trace_id"):
         if len(getattr(event, name)) > MAX_FIELD_CHARS:
             return f"{name} is longer than {MAX_FIELD_CHARS} characters"
+    if len(event.data_labels) > MAX_LABELS:
+        return f"more than {MAX_LABELS} data labels"
     if any(not label or len(label) > MAX_FIELD_CHARS for label in event.data_labels):
         return "data labels must be non-empty and short"
     try:
-        canonical.leaf_bytes(event)
-    except (canonical.CanonicalError, ValueError) as exc:
+        canonical.check_details(event.details)
+    except canonical.CanonicalError as exc:
         return f"details have no canonical form: {exc}"
     return None

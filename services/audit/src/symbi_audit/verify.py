@@ -23,7 +23,9 @@ first event that was rewritten (an attacker can recompute hashes, not signatures
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import itertools
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from symbi_audit.merkle import MerkleTree
 from symbi_proto.v1 import audit_pb2
 
 K = audit_pb2.VerificationFailureKind
+SIGNATURE_BATCH = 8192
 GENESIS_TYPE = "audit.log_created"
 ROTATION_TYPE = "audit.key_rotated"
 
@@ -62,6 +65,7 @@ class _State:
     tree: MerkleTree = field(default_factory=MerkleTree)
     interval: list[audit_pb2.AuditEvent] = field(default_factory=list)
     checked_checkpoints: int = 0
+    pending_signatures: list[audit_pb2.AuditEvent] = field(default_factory=list)
     roots: dict[int, bytes] = field(default_factory=dict)
     last_good: audit_pb2.Checkpoint | None = None
 
@@ -135,7 +139,9 @@ def verify_directory(
                 raise item
             _check_event(state, item)
             while pending and pending[0].tree_size == state.tree.size:
+                _flush_signatures(state)
                 _check_checkpoint(state, pending.pop(0))
+        _flush_signatures(state)
         if pending:
             cp = pending[0]
             raise Failed(
@@ -147,6 +153,7 @@ def verify_directory(
             _check_witness(state, cp)
         response.ok = True
     except Failed as failure:
+        failure = _earliest(state, failure)
         response.ok = False
         response.failure.kind = failure.kind  # type: ignore[assignment]
         response.failure.detail = failure.detail
@@ -158,6 +165,16 @@ def verify_directory(
         response.checkpoint.CopyFrom(state.last_good)
     response.elapsed.FromNanoseconds(int((time.perf_counter() - started) * 1e9))
     return response
+
+
+def _earliest(state: _State, failure: Failed) -> Failed:
+    """A bad signature among those not yet checked may come before the failure found: report that one."""
+    try:
+        _flush_signatures(state)
+    except Failed as earlier:
+        if earlier.sequence is not None and (failure.sequence is None or earlier.sequence < failure.sequence):
+            return earlier
+    return failure
 
 
 def _check_order(checkpoints: Sequence[audit_pb2.Checkpoint]) -> None:
@@ -205,8 +222,13 @@ def _check_event(state: _State, event: audit_pb2.AuditEvent) -> None:
             f"event {seq} is signed with key {event.key_id!r}; the key in force is {state.key_id}",
             seq,
         )
-    if state.check_signatures or seq == 0 or event.event_type == ROTATION_TYPE:
+    if seq == 0 or event.event_type == ROTATION_TYPE:
+        _flush_signatures(state)
         _check_signature(state, event)
+    elif state.check_signatures:
+        state.pending_signatures.append(event)
+        if len(state.pending_signatures) >= SIGNATURE_BATCH:
+            _flush_signatures(state)
     if event.event_type == ROTATION_TYPE:
         _rotate(state, event)
     state.tree.append(leaf)
@@ -220,6 +242,32 @@ def _follow_keys(state: _State, event: audit_pb2.AuditEvent) -> None:
         _genesis(state, event)
     elif event.event_type == ROTATION_TYPE:
         _rotate(state, event)
+
+
+def _flush_signatures(state: _State) -> None:
+    """Check the signatures gathered so far, on every core; the first bad one (by sequence) fails."""
+    batch, state.pending_signatures = state.pending_signatures, []
+    if not batch:
+        return
+    chunks = [batch[i : i + 512] for i in range(0, len(batch), 512)]
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:  # verify releases the GIL
+        bad = [seq for found in pool.map(lambda c: _bad_signatures(state, c), chunks) for seq in found]
+    if bad:
+        first = min(bad)
+        raise Failed(K.VERIFICATION_FAILURE_KIND_BAD_EVENT_SIGNATURE, f"event {first} has a bad signature", first)
+
+
+def _bad_signatures(state: _State, events: list[audit_pb2.AuditEvent]) -> list[int]:
+    bad = []
+    for event in events:
+        key = state.trusted.get(event.key_id)
+        try:
+            if key is None:
+                raise InvalidSignature
+            key.verify(event.signature, canonical.event_signing_input(event.chain_hash))
+        except InvalidSignature:
+            bad.append(event.sequence)
+    return bad
 
 
 def _check_signature(state: _State, event: audit_pb2.AuditEvent) -> None:
@@ -268,19 +316,23 @@ def _rotate(state: _State, event: audit_pb2.AuditEvent) -> None:
     state.key_id = key_id
 
 
-def _check_checkpoint(state: _State, cp: audit_pb2.Checkpoint) -> None:
-    size = cp.tree_size
+def _check_signed(state: _State, cp: audit_pb2.Checkpoint, what: str) -> None:
     key = state.trusted.get(cp.key_id)
     if key is None:
         raise Failed(
-            K.VERIFICATION_FAILURE_KIND_UNKNOWN_KEY, f"checkpoint {size} is signed with unknown key {cp.key_id}", size
+            K.VERIFICATION_FAILURE_KIND_UNKNOWN_KEY, f"{what} is signed with unknown key {cp.key_id}", cp.tree_size
         )
     try:
         key.verify(cp.signature, canonical.checkpoint_body(cp))
     except InvalidSignature:
         raise Failed(
-            K.VERIFICATION_FAILURE_KIND_BAD_CHECKPOINT_SIGNATURE, f"checkpoint {size} has a bad signature", size
+            K.VERIFICATION_FAILURE_KIND_BAD_CHECKPOINT_SIGNATURE, f"{what} has a bad signature", cp.tree_size
         ) from None
+
+
+def _check_checkpoint(state: _State, cp: audit_pb2.Checkpoint) -> None:
+    size = cp.tree_size
+    _check_signed(state, cp, f"checkpoint {size}")
     if state.log_id and cp.log_id != state.log_id:
         raise Failed(K.VERIFICATION_FAILURE_KIND_INCONSISTENT, f"checkpoint {size} is of log {cp.log_id}", size)
     seen = state.roots.get(size)
@@ -318,17 +370,7 @@ def _first_forged(state: _State) -> int | None:
 def _check_witness(state: _State, cp: audit_pb2.Checkpoint) -> None:
     """A checkpoint kept elsewhere (a witness, an earlier download): this log must extend it."""
     size = cp.tree_size
-    key = state.trusted.get(cp.key_id)
-    if key is None:
-        raise Failed(
-            K.VERIFICATION_FAILURE_KIND_UNKNOWN_KEY, f"witness checkpoint {size}: unknown key {cp.key_id}", size
-        )
-    try:
-        key.verify(cp.signature, canonical.checkpoint_body(cp))
-    except InvalidSignature:
-        raise Failed(
-            K.VERIFICATION_FAILURE_KIND_BAD_CHECKPOINT_SIGNATURE, f"witness checkpoint {size}: bad signature", size
-        ) from None
+    _check_signed(state, cp, f"witness checkpoint {size}")
     if size > state.tree.size:
         raise Failed(
             K.VERIFICATION_FAILURE_KIND_TRUNCATED,

@@ -197,9 +197,8 @@ class AuditWriter:
             await msgs[-1].ack()  # acknowledge-all: everything up to here is durable
         self.metrics.appended.inc(len(stored))
         self.metrics.size.set(self.log.size)
-        if stored:
-            feed = audit_pb2.AuditBatch(events=stored)
-            await self._publish(subjects.AUDIT_APPENDED, feed.SerializeToString())
+        for part in _feed_parts(stored):
+            await self._publish(subjects.AUDIT_APPENDED, part.SerializeToString())
         for checkpoint in self.log.checkpoints[before:]:
             await self._announce_checkpoint(checkpoint)
         return stored
@@ -230,3 +229,19 @@ class AuditWriter:
         log.warning("audit payload on %s refused: %s", msg.subject, rejected.reason)
         self.metrics.dead_letters.inc()
         await self.js.publish(subjects.AUDIT_DEAD_LETTER, letter.SerializeToString(), timeout=5)
+
+
+FEED_BYTES = 256 * 1024  # well under NATS's default 1 MiB max payload
+
+
+def _feed_parts(events: list[audit_pb2.AuditEvent]) -> list[audit_pb2.AuditBatch]:
+    """The appended events as live-feed messages of bounded size."""
+    parts: list[audit_pb2.AuditBatch] = []
+    size = 0
+    for event in events:
+        if not parts or size + event.ByteSize() > FEED_BYTES:
+            parts.append(audit_pb2.AuditBatch())
+            size = 0
+        parts[-1].events.append(event)
+        size += event.ByteSize()
+    return parts
