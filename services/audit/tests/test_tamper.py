@@ -228,3 +228,46 @@ def verify_keys(directory: Path) -> dict[str, Ed25519PublicKey]:
         return {k.key_id: k.public for k in log.keys.keys}
     finally:
         log.close()
+
+
+def test_a_range_verifies_from_a_trusted_prefix(sealed: Path, trusted: Trust) -> None:
+    leaves = storage.read_leaves(sealed / "leaves.bin")
+    result = verify_directory(sealed, trusted, from_sequence=30, known_leaves=leaves)
+    assert result.ok, result.failure
+    assert result.checkpoints_checked == 5
+    rewrite(sealed, lambda events: [*events[:35], *[_edited(e) for e in events[35:36]], *events[36:]])
+    found = verify_directory(sealed, trusted, from_sequence=30, known_leaves=leaves).failure
+    assert (found.kind, found.sequence) == (K.VERIFICATION_FAILURE_KIND_HASH_MISMATCH, 35)
+    with pytest.raises(ValueError, match="needs the leaf hashes"):
+        verify_directory(sealed, trusted, from_sequence=30)
+
+
+def _edited(event: audit_pb2.AuditEvent) -> audit_pb2.AuditEvent:
+    event.details["n"] = -5
+    return event
+
+
+def test_an_event_signed_by_a_key_not_in_force(sealed: Path, trusted: Trust) -> None:
+    def resign(events: Events) -> Events:
+        events[10].key_id = "0000000000000000"
+        return events
+
+    rewrite(sealed, resign)
+    found = failure(sealed, trusted)
+    assert (found.kind, found.sequence) == (K.VERIFICATION_FAILURE_KIND_UNKNOWN_KEY, 10)
+
+
+def test_damage_in_the_middle_of_the_checkpoint_file(sealed: Path, trusted: Trust) -> None:
+    data = bytearray((sealed / "checkpoints.log").read_bytes())
+    data[12] ^= 0xFF
+    (sealed / "checkpoints.log").write_bytes(bytes(data))
+    assert failure(sealed, trusted).kind == K.VERIFICATION_FAILURE_KIND_MALFORMED
+
+
+def test_a_log_that_does_not_start_with_its_genesis(sealed: Path, trusted: Trust) -> None:
+    def drop_genesis(events: Events) -> Events:
+        events[1].sequence = 0
+        return events[1:]
+
+    rewrite(sealed, drop_genesis)
+    assert failure(sealed, trusted).sequence == 0
