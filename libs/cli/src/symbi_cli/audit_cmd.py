@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import shutil
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,8 @@ from google.protobuf.message import Message
 from nats.aio.client import Client
 
 from symbi_cli import subcommands
-from symbi_cli.stack import running_value
 from symbi_common import natsio, subjects
 from symbi_common.errors import InvalidArgumentError
-from symbi_common.settings import Settings
 from symbi_proto.v1 import audit_pb2, common_pb2
 
 FORMATS = {
@@ -146,20 +143,7 @@ def _export(args: argparse.Namespace) -> int:
 # Online -----------------------------------------------------------------------------
 
 
-def _with_nats(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]]) -> int:
-    from symbi_cli.main import load
-
-    settings: Settings = load(args)
-    url = args.nats_url or running_value(args.state_dir or settings.runtime.state_dir, "nats_url") or settings.nats.url
-
-    async def run() -> int:
-        nc = await natsio.connect(settings.nats.model_copy(update={"url": url, "connect_timeout_s": 5.0}), "symbi-cli")
-        try:
-            return await work(nc)
-        finally:
-            await nc.close()
-
-    return asyncio.run(run())
+_with_nats = subcommands.with_nats
 
 
 async def _ask(nc: Client, subject: str, message: Message, reply: type[Message]) -> Any:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from nats.aio.client import Client
+
+from symbi_cli.stack import running_value
+from symbi_common import natsio
 
 Handler = Callable[[argparse.Namespace], int]
 Adder = Callable[[str, str, Handler], argparse.ArgumentParser]
@@ -33,3 +39,20 @@ def save_or_print(text: str, path: Path | None, saved: str) -> None:
         return
     path.write_text(text)
     print(f"{saved} saved to {path}")
+
+
+def with_nats(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]]) -> int:
+    """Run ``work`` with a NATS connection: ``--nats-url``, else the running ``symbi up``, else ``[nats].url``."""
+    from symbi_cli.main import load
+
+    settings = load(args)
+    url = args.nats_url or running_value(args.state_dir or settings.runtime.state_dir, "nats_url") or settings.nats.url
+
+    async def run() -> int:
+        nc = await natsio.connect(settings.nats.model_copy(update={"url": url, "connect_timeout_s": 5.0}), "symbi-cli")
+        try:
+            return await work(nc)
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())

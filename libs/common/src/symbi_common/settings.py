@@ -113,6 +113,60 @@ class AuditSettings(_Section):
     signing_threads: int = Field(default=2, gt=0, le=64)
 
 
+class LifecycleSettings(_Section):
+    extra_capabilities: tuple[str, ...] = ()
+    """Capabilities accepted in definitions besides the built-in catalogue."""
+    stop_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """How long suspend/terminate wait for the scheduler to confirm a task stopped."""
+    grace_period_s: float = Field(default=10.0, ge=0, le=3600)
+    """Default time a task gets between SIGTERM and SIGKILL when its agent stops."""
+    outbox_interval_s: float = Field(default=1.0, gt=0, le=600)
+    """How often unpublished transition events (after a failure) are sent again."""
+
+
+class SchedulerSettings(_Section):
+    strategy: Literal["first_fit", "best_fit", "priority"] = "best_fit"
+    preemption: bool = True
+    """Stop lower-priority preemptible tasks when a higher one cannot be placed otherwise."""
+    aging_interval_s: float = Field(default=30.0, gt=0, le=86_400)
+    """A queued task rises one priority level for every interval it waits."""
+    tenant_weights: dict[str, int] = Field(default_factory=dict)
+    """Share of each tenant within a priority level (default 1 each)."""
+    worker_lost_after: int = Field(default=3, ge=2, le=100)
+    """Report intervals without a capacity report before a worker is lost and its tasks rescheduled."""
+    tick_interval_s: float = Field(default=0.25, gt=0, le=60)
+    """Period of the housekeeping pass (timeouts, lost workers, aging, held tasks)."""
+    start_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """How long a worker may take to accept a task."""
+    timeout_grace_s: float = Field(default=5.0, ge=0, le=600)
+    """Extra time past a task's execution_timeout before the scheduler stops it itself."""
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    """Placements of one task (lost workers, failed starts) before it fails."""
+    max_queued: int = Field(default=100_000, gt=0, le=10_000_000)
+    lease_ttl_s: float = Field(default=5.0, ge=1, le=600)
+    """Only one scheduler replica schedules; the others wait for its lease to lapse."""
+
+
+class SandboxSettings(_Section):
+    node: str = ""
+    """Node name of this orchestrator (subject token); empty means the host name."""
+    runner: Literal["simulated"] = "simulated"
+    """How tasks run. ``simulated`` executes nothing: a task "runs" for simulated_seconds (tests, dry runs)."""
+    memory_mb: int = Field(default=0, ge=0)
+    """Memory offered to tasks, in MiB; 0 means what the host has, minus 10%."""
+    cpu_cores: float = Field(default=0.0, ge=0)
+    """CPU offered to tasks; 0 means the host's cores."""
+    disk_io_mbps: int = Field(default=1000, ge=0)
+    network_io_mbps: int = Field(default=1000, ge=0)
+    task_slots: int = Field(default=32, gt=0, le=10_000)
+    report_interval_s: float = Field(default=1.0, gt=0, le=300)
+    simulated_seconds: float = Field(default=0.2, ge=0, le=86_400)
+    """Run time of a simulated task unless its labels say ``symbi.simulate/seconds``."""
+    finished_retention_s: float = Field(default=600.0, gt=0)
+    """How long a worker remembers finished tasks for status queries."""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65_535)
@@ -133,6 +187,9 @@ class Settings(_Section):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 

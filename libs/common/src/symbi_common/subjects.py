@@ -81,7 +81,20 @@ def worker_capacity(node: str) -> str:
 
 
 def sandbox(node: str, operation: str) -> str:
+    """Requests to one worker: ``start``, ``stop``, ``status``."""
     return f"{PREFIX}.sandbox.{token(node)}.{token(operation)}"
+
+
+# Every change of a task on a worker (TaskStatusReport), and its output chunks (TaskOutput).
+WORKER_TASK_REPORTS_ALL = f"{PREFIX}.worker.*.task"
+
+
+def worker_task_report(node: str) -> str:
+    return f"{PREFIX}.worker.{token(node)}.task"
+
+
+def task_output(task_id: str) -> str:
+    return f"{PREFIX}.task.{token(task_id)}.output"
 
 
 # Context and tools.

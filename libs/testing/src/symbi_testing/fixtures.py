@@ -8,6 +8,7 @@
 - ``run_service``: start a ``ServiceSpec`` in-process with the real bootstrap; stopped after the test.
 - ``fresh_policy_log``: an empty POLICY stream for the test, and none left behind.
 - ``fresh_audit_streams``: empty AUDIT and DEADLETTER streams and no writer lease, before and after.
+- ``fresh_redis``: an empty Redis database for the test, and none of its keys left behind.
 
 External servers: ``--nats-url``/``--redis-url`` or ``SYMBI_TEST_NATS_URL``/``SYMBI_TEST_REDIS_URL``.
 Every test has a time cap (``timeout`` in pytest config).
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
 from nats.aio.client import Client
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -144,3 +146,15 @@ async def fresh_audit_streams(nc: Client) -> AsyncIterator[None]:
     yield
     for name in AUDIT_TEST_STREAMS:
         await delete_stream(nc, name)
+
+
+@pytest_asyncio.fixture
+async def fresh_redis(redis_url: str) -> AsyncIterator[None]:
+    """Services keep their state in Redis, which the session shares: empty it around the test."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        await client.flushdb()
+        yield
+        await client.flushdb()
+    finally:
+        await client.aclose()

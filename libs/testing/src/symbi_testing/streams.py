@@ -25,7 +25,10 @@ async def audit_events(nc: Client, event_type: str = ">") -> list[audit_pb2.Audi
     """
     js = nc.jetstream(timeout=5)
     config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30)
-    sub = await js.pull_subscribe(subjects.AUDIT_EVENTS, stream=subjects.AUDIT_STREAM, config=config)
+    try:
+        sub = await js.pull_subscribe(subjects.AUDIT_EVENTS, stream=subjects.AUDIT_STREAM, config=config)
+    except nats.js.errors.NotFoundError:
+        return []  # no stream: nothing was ever audited
     events: list[audit_pb2.AuditEvent] = []
     try:
         while True:

@@ -812,6 +812,7 @@ class TransitionAgentRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     to_state: Global___AgentState.ValueType
     cause: Global___TransitionCause.ValueType
@@ -821,6 +822,10 @@ class TransitionAgentRequest(_message.Message):
     """Task concerned (TASK_ASSIGNED / TASK_COMPLETED)."""
     expected_revision: _builtins.int
     """Optimistic concurrency: fail if the record's revision differs; 0 skips the check."""
+    @_builtins.property
+    def usage(self) -> _common_pb2.TaskResourceUsage:
+        """Resources the finished task used (TASK_COMPLETED, RESOURCE_LIMIT); added to the record's usage."""
+
     def __init__(
         self,
         *,
@@ -831,10 +836,11 @@ class TransitionAgentRequest(_message.Message):
         actor: _builtins.str = ...,
         task_id: _builtins.str = ...,
         expected_revision: _builtins.int = ...,
+        usage: _common_pb2.TaskResourceUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "agent_id", b"agent_id", "cause", b"cause", "expected_revision", b"expected_revision", "reason", b"reason", "task_id", b"task_id", "to_state", b"to_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "agent_id", b"agent_id", "cause", b"cause", "expected_revision", b"expected_revision", "reason", b"reason", "task_id", b"task_id", "to_state", b"to_state", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1037,3 +1043,69 @@ class GetAgentIdentityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAgentIdentityResponse: _TypeAlias = GetAgentIdentityResponse  # noqa: Y015
+
+@_typing.final
+class AgentStateCount(_message.Message):
+    """Number of agents in one state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    state: Global___AgentState.ValueType
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        state: Global___AgentState.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentStateCount: _TypeAlias = AgentStateCount  # noqa: Y015
+
+@_typing.final
+class CountAgentsRequest(_message.Message):
+    """Count agents per state (symbi.lifecycle.counts)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountAgentsRequest: _TypeAlias = CountAgentsRequest  # noqa: Y015
+
+@_typing.final
+class CountAgentsResponse(_message.Message):
+    """Agents per state, and in all."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentStateCount]: ...
+    def __init__(
+        self,
+        *,
+        counts: _abc.Iterable[Global___AgentStateCount] | None = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountAgentsResponse: _TypeAlias = CountAgentsResponse  # noqa: Y015

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from symbi_proto.v1 import agent_pb2 as symbi_dot_v1_dot_agent__pb2
@@ -29,39 +30,43 @@ from symbi_proto.v1 import common_pb2 as symbi_dot_v1_dot_common__pb2
 from symbi_proto.v1 import task_pb2 as symbi_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18symbi/v1/scheduler.proto\x12\x08symbi.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14symbi/v1/agent.proto\x1a\x15symbi/v1/common.proto\x1a\x13symbi/v1/task.proto\"\xa3\x02\n\x14ScheduleAgentRequest\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12/\n\ndefinition\x18\x02 \x01(\x0b\x32\x19.symbi.v1.AgentDefinitionH\x00\x12(\n\x08priority\x18\x03 \x01(\x0e\x32\x16.symbi.v1.TaskPriority\x12(\n\x06limits\x18\x04 \x01(\x0b\x32\x18.symbi.v1.ResourceLimits\x12*\n\targuments\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x14\n\x0crequested_by\x18\x08 \x01(\tB\x07\n\x05\x61gent\"v\n\x15ScheduleAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.symbi.v1.TaskState\x12\x16\n\x0equeue_position\x18\x04 \x01(\r\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"5\n\x0fGetTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.symbi.v1.TaskStatus\"~\n\x10ListTasksRequest\x12#\n\x04page\x18\x01 \x01(\x0b\x32\x15.symbi.v1.PageRequest\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12#\n\x06states\x18\x03 \x03(\x0e\x32\x13.symbi.v1.TaskState\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"V\n\x11ListTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.symbi.v1.TaskStatus\x12\x1c\n\x04page\x18\x02 \x01(\x0b\x32\x0e.symbi.v1.Page\"J\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"8\n\x12\x43\x61ncelTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.symbi.v1.TaskStatus\"a\n\nQueueStats\x12(\n\x08priority\x18\x01 \x01(\x0e\x32\x16.symbi.v1.TaskPriority\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12\x1a\n\x12oldest_age_seconds\x18\x03 \x01(\x01\"\xbe\x01\n\x0cWorkerStatus\x12*\n\x08\x63\x61pacity\x18\x01 \x01(\x0b\x32\x18.symbi.v1.WorkerCapacity\x12,\n\x08reserved\x18\x02 \x01(\x0b\x32\x1a.symbi.v1.ResourceCapacity\x12\x15\n\rrunning_tasks\x18\x03 \x01(\r\x12/\n\x0blast_report\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04lost\x18\x05 \x01(\x08\"E\n\x0f\x41gentStateCount\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.symbi.v1.AgentState\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x18\n\x16GetSystemStatusRequest\"\xd2\x02\n\x0cSystemStatus\x12-\n\x08strategy\x18\x01 \x01(\x0e\x32\x1b.symbi.v1.PlacementStrategy\x12$\n\x06queues\x18\x02 \x03(\x0b\x32\x14.symbi.v1.QueueStats\x12\'\n\x07workers\x18\x03 \x03(\x0b\x32\x16.symbi.v1.WorkerStatus\x12)\n\x05total\x18\x04 \x01(\x0b\x32\x1a.symbi.v1.ResourceCapacity\x12-\n\tallocated\x18\x05 \x01(\x0b\x32\x1a.symbi.v1.ResourceCapacity\x12\x15\n\rrunning_tasks\x18\x06 \x01(\r\x12)\n\x06\x61gents\x18\x07 \x03(\x0b\x32\x19.symbi.v1.AgentStateCount\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x9b\x01\n\x11PlacementStrategy\x12\"\n\x1ePLACEMENT_STRATEGY_UNSPECIFIED\x10\x00\x12 \n\x1cPLACEMENT_STRATEGY_FIRST_FIT\x10\x01\x12\x1f\n\x1bPLACEMENT_STRATEGY_BEST_FIT\x10\x02\x12\x1f\n\x1bPLACEMENT_STRATEGY_PRIORITY\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18symbi/v1/scheduler.proto\x12\x08symbi.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14symbi/v1/agent.proto\x1a\x15symbi/v1/common.proto\x1a\x13symbi/v1/task.proto\"\xa3\x02\n\x14ScheduleAgentRequest\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12/\n\ndefinition\x18\x02 \x01(\x0b\x32\x19.symbi.v1.AgentDefinitionH\x00\x12(\n\x08priority\x18\x03 \x01(\x0e\x32\x16.symbi.v1.TaskPriority\x12(\n\x06limits\x18\x04 \x01(\x0b\x32\x18.symbi.v1.ResourceLimits\x12*\n\targuments\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x14\n\x0crequested_by\x18\x08 \x01(\tB\x07\n\x05\x61gent\"v\n\x15ScheduleAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.symbi.v1.TaskState\x12\x16\n\x0equeue_position\x18\x04 \x01(\r\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"5\n\x0fGetTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.symbi.v1.TaskStatus\"~\n\x10ListTasksRequest\x12#\n\x04page\x18\x01 \x01(\x0b\x32\x15.symbi.v1.PageRequest\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12#\n\x06states\x18\x03 \x03(\x0e\x32\x13.symbi.v1.TaskState\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"V\n\x11ListTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.symbi.v1.TaskStatus\x12\x1c\n\x04page\x18\x02 \x01(\x0b\x32\x0e.symbi.v1.Page\"J\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"8\n\x12\x43\x61ncelTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.symbi.v1.TaskStatus\"a\n\nQueueStats\x12(\n\x08priority\x18\x01 \x01(\x0e\x32\x16.symbi.v1.TaskPriority\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12\x1a\n\x12oldest_age_seconds\x18\x03 \x01(\x01\"\xbe\x01\n\x0cWorkerStatus\x12*\n\x08\x63\x61pacity\x18\x01 \x01(\x0b\x32\x18.symbi.v1.WorkerCapacity\x12,\n\x08reserved\x18\x02 \x01(\x0b\x32\x1a.symbi.v1.ResourceCapacity\x12\x15\n\rrunning_tasks\x18\x03 \x01(\r\x12/\n\x0blast_report\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04lost\x18\x05 \x01(\x08\"\x18\n\x16GetSystemStatusRequest\"\xd2\x02\n\x0cSystemStatus\x12-\n\x08strategy\x18\x01 \x01(\x0e\x32\x1b.symbi.v1.PlacementStrategy\x12$\n\x06queues\x18\x02 \x03(\x0b\x32\x14.symbi.v1.QueueStats\x12\'\n\x07workers\x18\x03 \x03(\x0b\x32\x16.symbi.v1.WorkerStatus\x12)\n\x05total\x18\x04 \x01(\x0b\x32\x1a.symbi.v1.ResourceCapacity\x12-\n\tallocated\x18\x05 \x01(\x0b\x32\x1a.symbi.v1.ResourceCapacity\x12\x15\n\rrunning_tasks\x18\x06 \x01(\r\x12)\n\x06\x61gents\x18\x07 \x03(\x0b\x32\x19.symbi.v1.AgentStateCount\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x01\n\x11\x41gentTasksRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12*\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1a.symbi.v1.AgentTasksAction\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x0cgrace_period\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0crequested_by\x18\x05 \x01(\t\"Z\n\x12\x41gentTasksResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12#\n\x05tasks\x18\x03 \x03(\x0b\x32\x14.symbi.v1.TaskStatus*\x9b\x01\n\x11PlacementStrategy\x12\"\n\x1ePLACEMENT_STRATEGY_UNSPECIFIED\x10\x00\x12 \n\x1cPLACEMENT_STRATEGY_FIRST_FIT\x10\x01\x12\x1f\n\x1bPLACEMENT_STRATEGY_BEST_FIT\x10\x02\x12\x1f\n\x1bPLACEMENT_STRATEGY_PRIORITY\x10\x03*\x92\x01\n\x10\x41gentTasksAction\x12\"\n\x1e\x41GENT_TASKS_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41GENT_TASKS_ACTION_HOLD\x10\x01\x12\x1e\n\x1a\x41GENT_TASKS_ACTION_RELEASE\x10\x02\x12\x1d\n\x19\x41GENT_TASKS_ACTION_CANCEL\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'symbi_proto.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLACEMENTSTRATEGY']._serialized_start=1752
-  _globals['_PLACEMENTSTRATEGY']._serialized_end=1907
-  _globals['_SCHEDULEAGENTREQUEST']._serialized_start=168
-  _globals['_SCHEDULEAGENTREQUEST']._serialized_end=459
-  _globals['_SCHEDULEAGENTRESPONSE']._serialized_start=461
-  _globals['_SCHEDULEAGENTRESPONSE']._serialized_end=579
-  _globals['_GETTASKREQUEST']._serialized_start=581
-  _globals['_GETTASKREQUEST']._serialized_end=614
-  _globals['_GETTASKRESPONSE']._serialized_start=616
-  _globals['_GETTASKRESPONSE']._serialized_end=669
-  _globals['_LISTTASKSREQUEST']._serialized_start=671
-  _globals['_LISTTASKSREQUEST']._serialized_end=797
-  _globals['_LISTTASKSRESPONSE']._serialized_start=799
-  _globals['_LISTTASKSRESPONSE']._serialized_end=885
-  _globals['_CANCELTASKREQUEST']._serialized_start=887
-  _globals['_CANCELTASKREQUEST']._serialized_end=961
-  _globals['_CANCELTASKRESPONSE']._serialized_start=963
-  _globals['_CANCELTASKRESPONSE']._serialized_end=1019
-  _globals['_QUEUESTATS']._serialized_start=1021
-  _globals['_QUEUESTATS']._serialized_end=1118
-  _globals['_WORKERSTATUS']._serialized_start=1121
-  _globals['_WORKERSTATUS']._serialized_end=1311
-  _globals['_AGENTSTATECOUNT']._serialized_start=1313
-  _globals['_AGENTSTATECOUNT']._serialized_end=1382
-  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_start=1384
-  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_end=1408
-  _globals['_SYSTEMSTATUS']._serialized_start=1411
-  _globals['_SYSTEMSTATUS']._serialized_end=1749
+  _globals['_PLACEMENTSTRATEGY']._serialized_start=1976
+  _globals['_PLACEMENTSTRATEGY']._serialized_end=2131
+  _globals['_AGENTTASKSACTION']._serialized_start=2134
+  _globals['_AGENTTASKSACTION']._serialized_end=2280
+  _globals['_SCHEDULEAGENTREQUEST']._serialized_start=200
+  _globals['_SCHEDULEAGENTREQUEST']._serialized_end=491
+  _globals['_SCHEDULEAGENTRESPONSE']._serialized_start=493
+  _globals['_SCHEDULEAGENTRESPONSE']._serialized_end=611
+  _globals['_GETTASKREQUEST']._serialized_start=613
+  _globals['_GETTASKREQUEST']._serialized_end=646
+  _globals['_GETTASKRESPONSE']._serialized_start=648
+  _globals['_GETTASKRESPONSE']._serialized_end=701
+  _globals['_LISTTASKSREQUEST']._serialized_start=703
+  _globals['_LISTTASKSREQUEST']._serialized_end=829
+  _globals['_LISTTASKSRESPONSE']._serialized_start=831
+  _globals['_LISTTASKSRESPONSE']._serialized_end=917
+  _globals['_CANCELTASKREQUEST']._serialized_start=919
+  _globals['_CANCELTASKREQUEST']._serialized_end=993
+  _globals['_CANCELTASKRESPONSE']._serialized_start=995
+  _globals['_CANCELTASKRESPONSE']._serialized_end=1051
+  _globals['_QUEUESTATS']._serialized_start=1053
+  _globals['_QUEUESTATS']._serialized_end=1150
+  _globals['_WORKERSTATUS']._serialized_start=1153
+  _globals['_WORKERSTATUS']._serialized_end=1343
+  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_start=1345
+  _globals['_GETSYSTEMSTATUSREQUEST']._serialized_end=1369
+  _globals['_SYSTEMSTATUS']._serialized_start=1372
+  _globals['_SYSTEMSTATUS']._serialized_end=1710
+  _globals['_AGENTTASKSREQUEST']._serialized_start=1713
+  _globals['_AGENTTASKSREQUEST']._serialized_end=1881
+  _globals['_AGENTTASKSRESPONSE']._serialized_start=1883
+  _globals['_AGENTTASKSRESPONSE']._serialized_end=1973
 # @@protoc_insertion_point(module_scope)

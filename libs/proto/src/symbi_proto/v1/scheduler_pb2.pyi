@@ -7,6 +7,7 @@ agents, task queries and cancellation, and system status.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -51,6 +52,36 @@ PLACEMENT_STRATEGY_BEST_FIT: PlacementStrategy.ValueType  # 2
 PLACEMENT_STRATEGY_PRIORITY: PlacementStrategy.ValueType  # 3
 """Highest priority first, onto the least loaded worker; may preempt."""
 Global___PlacementStrategy: _TypeAlias = PlacementStrategy  # noqa: Y015
+
+class _AgentTasksAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentTasksActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentTasksAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_TASKS_ACTION_UNSPECIFIED: _AgentTasksAction.ValueType  # 0
+    AGENT_TASKS_ACTION_HOLD: _AgentTasksAction.ValueType  # 1
+    """Suspension: stop the agent's running task (confirmed by its worker) and keep it
+    queued but held, so it runs again only once released.
+    """
+    AGENT_TASKS_ACTION_RELEASE: _AgentTasksAction.ValueType  # 2
+    """Resumption: held tasks may be placed again."""
+    AGENT_TASKS_ACTION_CANCEL: _AgentTasksAction.ValueType  # 3
+    """Termination: stop the running task (confirmed) and cancel every queued one."""
+
+class AgentTasksAction(_AgentTasksAction, metaclass=_AgentTasksActionEnumTypeWrapper):
+    """What the lifecycle service asks of one agent's tasks (symbi.scheduler.agent_tasks)."""
+
+AGENT_TASKS_ACTION_UNSPECIFIED: AgentTasksAction.ValueType  # 0
+AGENT_TASKS_ACTION_HOLD: AgentTasksAction.ValueType  # 1
+"""Suspension: stop the agent's running task (confirmed by its worker) and keep it
+queued but held, so it runs again only once released.
+"""
+AGENT_TASKS_ACTION_RELEASE: AgentTasksAction.ValueType  # 2
+"""Resumption: held tasks may be placed again."""
+AGENT_TASKS_ACTION_CANCEL: AgentTasksAction.ValueType  # 3
+"""Termination: stop the running task (confirmed) and cancel every queued one."""
+Global___AgentTasksAction: _TypeAlias = AgentTasksAction  # noqa: Y015
 
 @_typing.final
 class ScheduleAgentRequest(_message.Message):
@@ -360,30 +391,6 @@ class WorkerStatus(_message.Message):
 Global___WorkerStatus: _TypeAlias = WorkerStatus  # noqa: Y015
 
 @_typing.final
-class AgentStateCount(_message.Message):
-    """Number of agents in one state."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    STATE_FIELD_NUMBER: _builtins.int
-    COUNT_FIELD_NUMBER: _builtins.int
-    state: _agent_pb2.AgentState.ValueType
-    count: _builtins.int
-    def __init__(
-        self,
-        *,
-        state: _agent_pb2.AgentState.ValueType = ...,
-        count: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "state", b"state"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___AgentStateCount: _TypeAlias = AgentStateCount  # noqa: Y015
-
-@_typing.final
 class GetSystemStatusRequest(_message.Message):
     """Ask for SystemStatus; carries nothing."""
 
@@ -425,7 +432,7 @@ class SystemStatus(_message.Message):
     @_builtins.property
     def allocated(self) -> _task_pb2.ResourceCapacity: ...
     @_builtins.property
-    def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentStateCount]: ...
+    def agents(self) -> _containers.RepeatedCompositeFieldContainer[_agent_pb2.AgentStateCount]: ...
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -437,7 +444,7 @@ class SystemStatus(_message.Message):
         total: _task_pb2.ResourceCapacity | None = ...,
         allocated: _task_pb2.ResourceCapacity | None = ...,
         running_tasks: _builtins.int = ...,
-        agents: _abc.Iterable[Global___AgentStateCount] | None = ...,
+        agents: _abc.Iterable[_agent_pb2.AgentStateCount] | None = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "time", b"time", "total", b"total"]  # noqa: Y015
@@ -447,3 +454,72 @@ class SystemStatus(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SystemStatus: _TypeAlias = SystemStatus  # noqa: Y015
+
+@_typing.final
+class AgentTasksRequest(_message.Message):
+    """Hold, release or cancel the tasks of one agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    action: Global___AgentTasksAction.ValueType
+    reason: _builtins.str
+    requested_by: _builtins.str
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
+        """Time a running task gets between SIGTERM and SIGKILL."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        action: Global___AgentTasksAction.ValueType = ...,
+        reason: _builtins.str = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "grace_period", b"grace_period", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentTasksRequest: _TypeAlias = AgentTasksRequest  # noqa: Y015
+
+@_typing.final
+class AgentTasksResponse(_message.Message):
+    """Returns once the agent's running task is confirmed stopped (HOLD, CANCEL), or with
+    stopped=false and why it could not be confirmed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STOPPED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    stopped: _builtins.bool
+    """True when none of the agent's tasks is running any more."""
+    detail: _builtins.str
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskStatus]:
+        """The agent's tasks after the action."""
+
+    def __init__(
+        self,
+        *,
+        stopped: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+        tasks: _abc.Iterable[_task_pb2.TaskStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "stopped", b"stopped", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentTasksResponse: _TypeAlias = AgentTasksResponse  # noqa: Y015

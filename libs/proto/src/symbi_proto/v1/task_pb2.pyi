@@ -802,6 +802,9 @@ class TaskStatus(_message.Message):
     PREEMPTIONS_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
     state: Global___TaskState.ValueType
     node: _builtins.str
     """Worker node it is placed on; empty while queued."""
@@ -811,6 +814,8 @@ class TaskStatus(_message.Message):
     """Position in its queue while queued (0 = next); 0 otherwise."""
     reason: _builtins.str
     """Why it is in this state, e.g. the rejection reason."""
+    held: _builtins.bool
+    """Queued but not placed until its agent resumes (the agent is suspended)."""
     @_builtins.property
     def task(self) -> Global___Task: ...
     @_builtins.property
@@ -820,6 +825,14 @@ class TaskStatus(_message.Message):
     @_builtins.property
     def report(self) -> Global___TaskStatusReport:
         """Latest report from the worker."""
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the workers it was placed on, one per attempt."""
+
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """When it reached its final state."""
 
     def __init__(
         self,
@@ -833,10 +846,13 @@ class TaskStatus(_message.Message):
         preemptions: _builtins.int = ...,
         queue_position: _builtins.int = ...,
         reason: _builtins.str = ...,
+        held: _builtins.bool = ...,
+        history: _abc.Iterable[_builtins.str] | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["queued_at", b"queued_at", "report", b"report", "scheduled_at", b"scheduled_at", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "queued_at", b"queued_at", "report", b"report", "scheduled_at", b"scheduled_at", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "preemptions", b"preemptions", "queue_position", b"queue_position", "queued_at", b"queued_at", "reason", b"reason", "report", b"report", "scheduled_at", b"scheduled_at", "state", b"state", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "held", b"held", "history", b"history", "node", b"node", "preemptions", b"preemptions", "queue_position", b"queue_position", "queued_at", b"queued_at", "reason", b"reason", "report", b"report", "scheduled_at", b"scheduled_at", "state", b"state", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
