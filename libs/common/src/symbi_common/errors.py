@@ -8,6 +8,7 @@ Tree::
     ├── NotFoundError               an id that does not exist
     ├── AlreadyExistsError          a create that would duplicate a record
     ├── ConflictError               optimistic concurrency or illegal state transition
+    ├── FailedPreconditionError     the system is not in a state to do it (tier unavailable, draining)
     ├── PermissionDeniedError       policy said no (carries the reason)
     ├── UnauthenticatedError        no or bad credentials
     ├── ResourceExhaustedError      rate limit or capacity exceeded
@@ -71,6 +72,11 @@ class ConflictError(SymbiError):
     grpc_code = grpc.StatusCode.ABORTED
 
 
+class FailedPreconditionError(SymbiError):
+    code = "failed_precondition"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class PermissionDeniedError(SymbiError):
     code = "permission_denied"
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
@@ -109,6 +115,7 @@ _BY_CODE: dict[str, type[SymbiError]] = {
         NotFoundError,
         AlreadyExistsError,
         ConflictError,
+        FailedPreconditionError,
         PermissionDeniedError,
         UnauthenticatedError,
         ResourceExhaustedError,

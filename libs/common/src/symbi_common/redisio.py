@@ -53,3 +53,12 @@ async def attach(ctx: ServiceContext) -> aioredis.Redis:
     ctx.stack.push_async_callback(client.aclose)
     ctx.health.add_check("redis", health_check(client))
     return client
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    """A reply value as bytes (clients may be configured to decode responses)."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def as_text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from symbi_common.errors import AlreadyExistsError, ConflictError, NotFoundError, UnavailableError
+from symbi_common.redisio import as_bytes, as_text
 from symbi_proto.v1 import agent_pb2
 
 P = "symbi:lc"
@@ -216,7 +217,7 @@ class AgentStore:
         if rev is None or data is None:
             raise NotFoundError(f"agent {agent_id} does not exist")
         record = agent_pb2.AgentRecord()
-        record.ParseFromString(_bytes(data))
+        record.ParseFromString(as_bytes(data))
         return Stored(record, int(rev))
 
     async def get_many(self, agent_ids: Sequence[str]) -> list[agent_pb2.AgentRecord]:
@@ -242,11 +243,11 @@ class AgentStore:
             raw = await self.r.zrangebylex(AGENTS, low, "+", start=0, num=size)
         except (RedisError, OSError) as exc:
             raise UnavailableError(f"cannot list agents from Redis: {exc}") from exc
-        return [_text(v) for v in raw]
+        return [as_text(v) for v in raw]
 
     async def ids_in_state(self, state: int) -> list[str]:
         members = await self.r.smembers(state_key(state))
-        return sorted(_text(v) for v in members)
+        return sorted(as_text(v) for v in members)
 
     async def count(self) -> int:
         return int(await self.r.zcard(AGENTS))
@@ -272,17 +273,17 @@ class AgentStore:
 
     async def idempotent(self, key: str) -> str | None:
         value = await self.r.get(idempotency_key(key))
-        return _text(value) if value is not None else None
+        return as_text(value) if value is not None else None
 
     async def private_keys(self, agent_id: str) -> tuple[bytes, bytes] | None:
         signing, agreement = await self.r.hmget(keys_key(agent_id), ["signing", "agreement"])
-        return (_bytes(signing), _bytes(agreement)) if signing is not None and agreement is not None else None
+        return (as_bytes(signing), as_bytes(agreement)) if signing is not None and agreement is not None else None
 
     # The outbox -------------------------------------------------------------------
 
     async def outbox(self) -> AsyncIterator[Outbound]:
         async for event_id, data in self.r.hscan_iter(OUTBOX):
-            yield Outbound(_text(event_id), _bytes(data))
+            yield Outbound(as_text(event_id), as_bytes(data))
 
     async def outbox_size(self) -> int:
         return int(await self.r.hlen(OUTBOX))
@@ -295,7 +296,7 @@ class AgentStore:
 
     async def policy_cleanups(self) -> list[str]:
         members = await self.r.smembers(POLICY_CLEANUP)  # type: ignore[misc,unused-ignore]
-        return sorted(_text(v) for v in members)
+        return sorted(as_text(v) for v in members)
 
     async def policy_cleaned(self, policy_id: str) -> None:
         await self.r.srem(POLICY_CLEANUP, policy_id)  # type: ignore[misc,unused-ignore]
@@ -308,11 +309,3 @@ class AgentStore:
         except (RedisError, OSError) as exc:
             raise UnavailableError(f"cannot write the agent record to Redis: {exc}") from exc
         return status.decode(), value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

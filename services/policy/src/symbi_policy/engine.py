@@ -257,7 +257,7 @@ class PolicySet:
             decision.policy_version = rule.policy_version
             decision.matched_rule = rule.name
         if verdict.cache_ttl_s:
-            decision.cache_ttl.seconds, nanos = divmod(int(verdict.cache_ttl_s * 1e9), 1_000_000_000)
+            decision.cache_ttl.seconds, nanos = divmod(round(verdict.cache_ttl_s * 1e9), 1_000_000_000)
             decision.cache_ttl.nanos = nanos
         return decision
 

@@ -105,14 +105,14 @@ def compile_obligations(spec: RequireSpec, rule_ref: str) -> Obligations:
         approval = policy_pb2.RequireHumanApproval(
             approver_group=spec.human_approval.approver_group, reason=spec.human_approval.reason
         )
-        approval.timeout.FromNanoseconds(int(spec.human_approval.timeout * 1e9))
+        approval.timeout.FromNanoseconds(round(spec.human_approval.timeout * 1e9))
         add(require_human_approval=approval)
     rate_limit = None
     uses_time = False
     if spec.rate_limit is not None:
         key_of, uses_time = compile_template(spec.rate_limit.key)
         limit = policy_pb2.RateLimit(limit=spec.rate_limit.limit, burst=spec.rate_limit.burst)
-        limit.period.FromNanoseconds(int(spec.rate_limit.period * 1e9))
+        limit.period.FromNanoseconds(round(spec.rate_limit.period * 1e9))
         rate_limit = (key_of, policy_pb2.Condition(rule=rule_ref, rate_limit=limit))
     checks = _checks(spec, rule_ref) if spec.on_exceed == "deny" else ()
     return Obligations(tuple(static), rate_limit, checks, uses_time)
@@ -125,7 +125,7 @@ def resource_limits(spec: LimitsSpec) -> common_pb2.ResourceLimits:
         if value is not None:
             setattr(limits, name, value)
     if spec.execution_timeout is not None:
-        limits.execution_timeout.FromNanoseconds(int(spec.execution_timeout * 1e9))
+        limits.execution_timeout.FromNanoseconds(round(spec.execution_timeout * 1e9))
     return limits
 
 

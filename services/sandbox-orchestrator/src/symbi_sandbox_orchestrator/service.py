@@ -1,22 +1,50 @@
-"""Sandbox orchestrator bootstrap: NATS, health, metrics, and the node's sandbox tiers.
+"""Sandbox orchestrator bootstrap: this node's worker, its runner, health and metrics.
 
-Without Docker (or without ``runsc``) the orchestrator still starts and says plainly
-which tiers are unavailable; running tasks is added by the sandbox work.
+The worker (``worker.py``) implements the scheduler's contract on
+``symbi.sandbox.<node>.*`` and reports capacity on ``symbi.worker.<node>.capacity``.
+Docker's tiers are probed and reported in health either way; with the
+``simulated`` runner (``[sandbox].runner``) tasks are not executed at all, and the
+health check says so. On shutdown the worker drains: it stops its tasks and
+reports them, so the scheduler places them elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
+from prometheus_client import Gauge
+
+from symbi_common import subjects
+from symbi_common.errors import ConfigError, InvalidArgumentError
 from symbi_common.health import DEGRADED, SERVING, CheckResult
 from symbi_common.service import ServiceContext, ServiceSpec
+from symbi_sandbox_orchestrator.runners import Runner, SimulatedRunner
 from symbi_sandbox_orchestrator.runtimes import probe_docker
+from symbi_sandbox_orchestrator.worker import Worker
 
 log = logging.getLogger(__name__)
 
+DRAIN_GRACE_S = 5.0
+
+
+def node_name(configured: str) -> str:
+    name = configured or socket.gethostname().split(".")[0]
+    try:
+        return subjects.token(name)
+    except InvalidArgumentError:
+        raise ConfigError(f"[sandbox].node {name!r} is not a valid node name (letters, digits, '-', '_')") from None
+
+
+def make_runner(kind: str, simulated_seconds: float) -> Runner:
+    if kind == "simulated":
+        return SimulatedRunner(simulated_seconds)
+    raise ConfigError(f"[sandbox].runner {kind!r} is not available")  # pragma: no cover - the settings forbid it
+
 
 async def setup(ctx: ServiceContext) -> None:
+    cfg = ctx.settings.sandbox
     probe = await asyncio.to_thread(probe_docker)
     log.info("sandbox: %s", probe.describe())
 
@@ -25,6 +53,33 @@ async def setup(ctx: ServiceContext) -> None:
         return (SERVING if len(current.tiers) == 2 else DEGRADED), current.describe()
 
     ctx.health.add_check("docker", docker_check)
+
+    runner = make_runner(cfg.runner, cfg.simulated_seconds)
+    ctx.stack.push_async_callback(runner.close)
+    worker = Worker(ctx.nc, node_name(cfg.node), runner, cfg, ctx.instance_id, on_error=ctx.health.record_error)
+    await worker.register(ctx.serve)
+    ctx.tasks.spawn(worker.report_capacity(), name="capacity-reports")
+    ctx.stack.push_async_callback(worker.drain, DRAIN_GRACE_S)
+    ctx.health.endpoints["node"] = worker.node
+
+    running = Gauge("symbi_worker_tasks_running", "Tasks running on this worker", registry=ctx.metrics)
+    free_memory = Gauge("symbi_worker_free_memory_mb", "Memory not reserved by tasks", registry=ctx.metrics)
+    free_cpu = Gauge("symbi_worker_free_cpu_cores", "CPU not reserved by tasks", registry=ctx.metrics)
+
+    def worker_check() -> CheckResult:
+        free = worker.allocatable()
+        running.set(len(worker.running()))
+        free_memory.set(free.memory_mb)
+        free_cpu.set(free.cpu_cores)
+        summary = (
+            f"node {worker.node}: {len(worker.running())} tasks running, "
+            f"{free.memory_mb}/{worker.total.memory_mb} MiB and {free.cpu_cores:g}/{worker.total.cpu_cores:g} CPU free"
+        )
+        if runner.name == "simulated":
+            return DEGRADED, f"{summary}; runner 'simulated': tasks are NOT executed"
+        return SERVING, summary
+
+    ctx.health.add_check("worker", worker_check)
 
 
 SPEC = ServiceSpec(name="sandbox-orchestrator", summary="tasks in Docker/gVisor sandboxes", setup=setup)

@@ -240,7 +240,7 @@ def _options(check: _Checker, options: agent_pb2.AgentOptions) -> None:
             if seconds is not None and not 0 < seconds <= 24 * 3600:
                 check.error("out_of_range", "timeout must be between 0 and 24h", val.loc)
             elif seconds is not None:
-                limits.execution_timeout.FromNanoseconds(int(seconds * 1e9))
+                limits.execution_timeout.FromNanoseconds(round(seconds * 1e9))
         elif key == "memory":
             size = check.units(val, "memory", _mib)
             if size is not None and not 4 <= size <= 1024 * 1024:
