@@ -19,6 +19,7 @@ SMOKE_ARGS = {
     "envelope.py": ["--messages", "50"],
     "policy.py": ["--quick"],
     "audit.py": ["--quick"],
+    "scheduler.py": ["--quick"],
 }
 
 

@@ -6,9 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
+from symbi_testing.checks import components, eventually, health_of
 from symbi_testing.streams import audit_events
 
-from symbi_common.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
+from symbi_common.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError, UnavailableError
 from symbi_lifecycle.definitions import source_of
 from symbi_proto.v1 import agent_pb2, sandbox_pb2, task_pb2
 from symbi_scheduler.service import SPEC as SCHEDULER
@@ -286,3 +288,24 @@ async def test_a_standby_scheduler_takes_over(agent_stack: AgentStack) -> None:
     await asyncio.wait_for(standby, 15)
     await stack.worker("w")
     assert (await stack.final(task_id)).state == T.TASK_STATE_SUCCEEDED
+
+
+async def test_a_replica_that_loses_its_lease_stops_scheduling(agent_stack: AgentStack, redis_url: str) -> None:
+    stack = agent_stack
+    agent = await stack.agent("orphaned", seconds=0.1)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set("symbi:sched:leader", "someone-else")  # another replica took over
+    finally:
+        await client.aclose()
+
+    async def refused() -> bool:
+        try:
+            await stack.run(agent.agent_id)
+        except UnavailableError as exc:
+            return "lost its lease" in exc.message
+        return False
+
+    await eventually(refused, timeout_s=10, what="the replica stops scheduling")
+    status = await health_of(stack.nc, "scheduler")
+    assert components(status)["scheduling"].detail == "lost the scheduling lease"

@@ -188,3 +188,14 @@ def test_every_task_is_in_exactly_one_place(operations: list[tuple[str, str, int
         for candidate in queue.candidates(clock):
             assert candidate.task_id in queue.entries
         assert sorted(queue.levels) == sorted(LEVELS)
+
+
+def test_queue_position_counts_what_goes_first() -> None:
+    queue = TaskQueue(aging_interval_s=3600)
+    high = [entry(HIGH, tenant="a", at=i) for i in range(3)]
+    normal = [entry(NORMAL, tenant=t, at=10 + i) for i, t in enumerate("abab")]
+    for t in [*high, *normal]:
+        queue.push(t)
+    assert [queue.position(t.task_id, 20) for t in high] == [0, 1, 2]
+    assert [queue.position(t.task_id, 20) for t in normal] == [3, 3, 5, 5]  # two tenants take turns
+    assert queue.position("unknown", 20) == 0

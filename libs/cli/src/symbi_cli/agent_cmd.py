@@ -9,6 +9,7 @@ error. Every other command talks to the lifecycle service over NATS
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Iterable
@@ -20,9 +21,15 @@ from nats.aio.client import Client
 
 from symbi_cli import subcommands
 from symbi_common.lifecycle_client import LifecycleClient
-from symbi_proto.v1 import agent_pb2, common_pb2
+from symbi_common.scheduler_client import SchedulerClient
+from symbi_proto.v1 import agent_pb2, common_pb2, task_pb2
 
 EXIT_OK, EXIT_INVALID = 0, 1
+PRIORITIES = {
+    task_pb2.TaskPriority.Name(v).removeprefix("TASK_PRIORITY_").lower(): v for v in task_pb2.TaskPriority.values() if v
+}
+FINAL_TASK = (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED,
+              task_pb2.TASK_STATE_REJECTED)  # fmt: skip
 STATE_NAMES = {
     agent_pb2.AgentState.Name(v).removeprefix("AGENT_STATE_").lower(): v for v in agent_pb2.AgentState.values() if v
 }
@@ -38,6 +45,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--nats-url", help="NATS of the lifecycle service (default: the running `symbi up`)")
     parser.add_argument("--as", dest="actor", default="cli", help="who asks (recorded and checked by policy)")
+    parser.add_argument("--role", action="append", default=[], help="a role of who asks (repeatable), for policy")
     add("validate", "check definition files offline; print each problem as file:line:column", _validate).add_argument(
         "files", nargs="+", type=Path
     )
@@ -52,6 +60,11 @@ def register(commands: Any) -> None:
     show.add_argument("agent_id")
     show.add_argument("--history", action="store_true", help="also print every state transition")
     show.add_argument("--dsl", action="store_true", help="print the definition as Symbi DSL")
+    run = add("run", "give an agent a task (the scheduler queues it by priority)", _run)
+    run.add_argument("agent_id")
+    run.add_argument("--priority", choices=sorted(PRIORITIES), default=None)
+    run.add_argument("--wait", action="store_true", help="wait until the task ends; exit 1 unless it succeeded")
+    run.add_argument("--timeout", type=float, default=600, help="seconds to wait with --wait")
     for name, summary, handler in (
         ("suspend", "suspend an agent (its task is stopped and held)", _suspend),
         ("resume", "resume a suspended agent (its held task runs again)", _resume),
@@ -99,7 +112,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _client(nc: Client, args: argparse.Namespace) -> LifecycleClient:
-    return LifecycleClient(nc, timeout_s=10.0, actor=args.actor)
+    return LifecycleClient(nc, timeout_s=10.0, actor=args.actor, roles=tuple(args.role))
 
 
 def _show_record(record: agent_pb2.AgentRecord, args: argparse.Namespace) -> None:
@@ -185,6 +198,36 @@ def _show(args: argparse.Namespace) -> int:
                 to = agent_pb2.AgentState.Name(t.to_state).removeprefix("AGENT_STATE_").lower()
                 print(f"  {t.revision:>4} {t.time.ToJsonString()}  {frm} -> {to}  {t.reason}  ({t.actor})")
         return EXIT_OK
+
+    return subcommands.with_nats(args, work)
+
+
+def _run(args: argparse.Namespace) -> int:
+    async def work(nc: Client) -> int:
+        scheduler = SchedulerClient(nc, timeout_s=30, actor=args.actor)
+        priority = PRIORITIES[args.priority] if args.priority else 0
+        reply = await scheduler.schedule(args.agent_id, priority=priority)
+        state = task_pb2.TaskState.Name(reply.state).removeprefix("TASK_STATE_").lower()
+        if not args.wait:
+            if args.json:
+                print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True)))
+            else:
+                print(f"task {reply.task_id} {state} (position {reply.queue_position})")
+            return EXIT_OK
+        deadline = asyncio.get_running_loop().time() + args.timeout
+        status = await scheduler.get_task(reply.task_id)
+        while status.state not in FINAL_TASK:
+            if asyncio.get_running_loop().time() > deadline:
+                print(f"task {reply.task_id} still {state} after {args.timeout:g}s", file=sys.stderr)
+                return EXIT_INVALID
+            await asyncio.sleep(0.2)
+            status = await scheduler.get_task(reply.task_id)
+            state = task_pb2.TaskState.Name(status.state).removeprefix("TASK_STATE_").lower()
+        if args.json:
+            print(json.dumps(MessageToDict(status, preserving_proto_field_name=True), indent=2))
+        else:
+            print(f"task {reply.task_id} {state} on {status.report.node or '-'}: {status.reason}")
+        return EXIT_OK if status.state == task_pb2.TASK_STATE_SUCCEEDED else EXIT_INVALID
 
     return subcommands.with_nats(args, work)
 

@@ -16,10 +16,11 @@ S = agent_pb2
 
 
 class LifecycleClient:
-    def __init__(self, nc: Client, *, timeout_s: float = 5.0, actor: str = "") -> None:
+    def __init__(self, nc: Client, *, timeout_s: float = 5.0, actor: str = "", roles: tuple[str, ...] = ()) -> None:
         self.nc = nc
         self.timeout_s = timeout_s
         self.actor = actor
+        self.roles = roles
 
     async def _call(self, operation: str, message: Message, response: type[Resp], timeout_s: float = 0) -> Resp:
         subject = subjects.lifecycle(operation)
@@ -28,6 +29,8 @@ class LifecycleClient:
     async def create(self, request: agent_pb2.CreateAgentRequest) -> agent_pb2.CreateAgentResponse:
         if not request.requested_by:
             request.requested_by = self.actor
+        if not request.requester_roles:
+            request.requester_roles.extend(self.roles)
         return await self._call("create", request, agent_pb2.CreateAgentResponse, self.timeout_s * 2)
 
     async def create_from(

@@ -186,6 +186,45 @@ class RequestMetrics:
         )
 
 
+class InFlight:
+    """Requests being handled concurrently: bounded, referenced, and awaited at shutdown.
+
+    nats-py runs a subscription's callback for one message at a time; a handler
+    that waits on I/O (Redis, gRPC, JetStream acks) would serialise every request.
+    ``serve(..., inflight=...)`` instead starts each request as a task here, at most
+    ``limit`` at once (further messages wait in the subscription's pending queue).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def spawn(self, work: Awaitable[None], name: str) -> None:
+        await self._slots.acquire()
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:  # respond() catches everything: a bug
+            log.error("request handler task failed: %r", task.exception())
+
+    async def wait(self, timeout_s: float) -> None:
+        """Let the requests in progress finish (shutdown); cancel what is still running after ``timeout_s``."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+
+
 async def serve(
     nc: Client,
     subject: str,
@@ -195,8 +234,12 @@ async def serve(
     metrics: RequestMetrics | None = None,
     queue: str = "",
     on_error: Callable[[str, BaseException], None] | None = None,
+    inflight: InFlight | None = None,
 ) -> Subscription:
-    """Answer protobuf requests on ``subject``; malformed input gets ``invalid_argument``."""
+    """Answer protobuf requests on ``subject``; malformed input gets ``invalid_argument``.
+
+    Requests are handled one at a time, or concurrently (up to its limit) in ``inflight``.
+    """
 
     async def respond(msg: Msg) -> None:
         if not msg.reply:
@@ -222,7 +265,13 @@ async def serve(
                 metrics.requests.labels(subject, outcome).inc()
                 metrics.latency.labels(subject).observe(time.perf_counter() - started)
 
-    return await nc.subscribe(subject, queue=queue, cb=respond)
+    if inflight is None:
+        return await nc.subscribe(subject, queue=queue, cb=respond)
+
+    async def dispatch(msg: Msg) -> None:
+        await inflight.spawn(respond(msg), f"request {msg.subject}")
+
+    return await nc.subscribe(subject, queue=queue, cb=dispatch)
 
 
 async def _handle(

@@ -9,7 +9,8 @@ handlers, health checks and background tasks on the ``ServiceContext`` it is giv
    ``symbi.health.<service>`` and ``symbi.health.all`` over NATS;
 3. run ``setup``; the replica is ready once it returns;
 4. on SIGTERM/SIGINT (or ``request_stop``) shut down once, in order: not ready,
-   drain subscriptions, close the service's resources (``ctx.stack``), cancel
+   drain subscriptions, let requests in progress finish, close the service's
+   resources (``ctx.stack``), cancel
    background tasks, drain NATS, close the HTTP endpoint; each step bounded by the grace period.
 """
 
@@ -43,6 +44,7 @@ from symbi_proto.v1 import health_pb2
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 10.0
+CONCURRENT_REQUESTS = 64
 
 
 class ServiceContext:
@@ -68,6 +70,7 @@ class ServiceContext:
         self.tasks = Supervisor(on_failure=lambda task, exc: health.record_error(task, repr(exc)))
         self.request_metrics = natsio.RequestMetrics(metrics)
         self.subscriptions: list[Subscription] = []
+        self.inflight = natsio.InFlight(CONCURRENT_REQUESTS)
 
     @property
     def instance_id(self) -> str:
@@ -80,8 +83,13 @@ class ServiceContext:
         handler: natsio.Handler[natsio.Req],
         *,
         queue: str = "",
+        concurrent: bool = False,
     ) -> Subscription:
-        """Answer protobuf requests on ``subject`` with metrics, tracing and typed errors."""
+        """Answer protobuf requests on ``subject`` with metrics, tracing and typed errors.
+
+        ``concurrent``: handle requests side by side (the handler must be safe for it),
+        up to ``CONCURRENT_REQUESTS`` per replica across its concurrent subjects.
+        """
         sub = await natsio.serve(
             self.nc,
             subject,
@@ -90,6 +98,7 @@ class ServiceContext:
             metrics=self.request_metrics,
             queue=queue,
             on_error=lambda subj, exc: self.health.record_error(subj, repr(exc)),
+            inflight=self.inflight if concurrent else None,
         )
         self.subscriptions.append(sub)
         return sub
@@ -192,6 +201,7 @@ class ServiceRunner:
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         if ctx is not None:
             steps.append(("drain subscriptions", lambda: _drain_all(ctx.subscriptions)))
+            steps.append(("finish requests in progress", lambda: ctx.inflight.wait(self.grace_s / 2)))
         steps.append(("close service resources", self._stack.aclose))
         if ctx is not None:
             steps.append(("stop background tasks", lambda: ctx.tasks.aclose(self.grace_s / 2)))

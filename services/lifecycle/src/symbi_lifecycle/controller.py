@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -123,7 +123,7 @@ class Controller:
                 response.agent.CopyFrom((await self.store.get(made)).record)
                 return response
         definition = built.definition
-        await self.policy.check(_create_request(definition, req.requested_by))
+        await self.policy.check(_create_request(definition, req.requested_by, req.requester_roles))
         agent_id = new_id()
         identity, private = new_identity()
         record = agent_pb2.AgentRecord(
@@ -433,11 +433,15 @@ class Controller:
             log.warning("transition event %s queued for retry: %s", outbound.event_id, exc.message)
 
 
-def _create_request(definition: agent_pb2.AgentDefinition, requested_by: str) -> policy_pb2.EvaluateRequest:
+def _create_request(
+    definition: agent_pb2.AgentDefinition, requested_by: str, roles: Sequence[str]
+) -> policy_pb2.EvaluateRequest:
     options = definition.options
+    who = Principal("user" if requested_by else "service", requested_by or "lifecycle", tenant=definition.tenant,
+                    roles=list(roles))  # fmt: skip
     return request(
         "agent_create",
-        Principal("user" if requested_by else "service", requested_by or "lifecycle", tenant=definition.tenant),
+        who,
         Target(
             "agent",
             definition.metadata.name,

@@ -71,7 +71,7 @@ class LifecycleApi:
             ("counts", agent_pb2.CountAgentsRequest, self.counts),
         ]
         for operation, request_type, handler in routes:
-            await ctx.serve(subjects.lifecycle(operation), request_type, handler, queue=QUEUE)  # type: ignore[arg-type]
+            await ctx.serve(subjects.lifecycle(operation), request_type, handler, queue=QUEUE, concurrent=True)  # type: ignore[arg-type]
 
     async def create(self, req: agent_pb2.CreateAgentRequest, _: natsio.RequestMeta) -> Message:
         response = await self.controller.create(req)

@@ -67,7 +67,7 @@ class SchedulerApi:
             ("agent_tasks", scheduler_pb2.AgentTasksRequest, self.agent_tasks),
         ]
         for operation, request_type, handler in routes:
-            await ctx.serve(subjects.scheduler(operation), request_type, handler)  # type: ignore[arg-type]
+            await ctx.serve(subjects.scheduler(operation), request_type, handler, concurrent=True)  # type: ignore[arg-type]
 
     def _ready(self) -> None:
         if self.engine.paused:
@@ -187,7 +187,7 @@ class SchedulerApi:
                 out.total.task_slots += worker.slots
         memory, cpu, running = core.allocated()
         out.allocated.memory_mb, out.allocated.cpu_cores, out.allocated.task_slots = memory, cpu, running
-        out.running_tasks = sum(1 for t in core.tasks.values() if t.status.state == T.TASK_STATE_RUNNING)
+        out.running_tasks = len(core.running)
         try:
             counts = await self.lifecycle.counts()
             out.agents.extend(counts.counts)

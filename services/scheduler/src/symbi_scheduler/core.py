@@ -108,6 +108,8 @@ class SchedulerCore:
         self.workers: dict[str, WorkerView] = {}
         self._ordered: list[WorkerView] = []
         self.held_agents: set[str] = set()
+        self.running: set[str] = set()
+        """Tasks a worker reported running (checked for their timeout)."""
         self.room_for: dict[str, str] = {}
         """Tasks waiting for preempted victims to stop: task id -> node."""
         self.dirty: set[str] = set()
@@ -236,6 +238,7 @@ class SchedulerCore:
                 status.state = report.state
                 if report.state == T.TASK_STATE_RUNNING:
                     tracked.started = now
+                    self.running.add(report.task_id)
                 return Outcome.STARTED
             return Outcome.NOTHING
         if report.state not in FINAL:
@@ -326,7 +329,8 @@ class SchedulerCore:
                 for task_id in list(worker.placed):
                     self._lost(self.tasks[task_id], f"worker {worker.node} stopped reporting", now)
         to_stop = []
-        for tracked in self.tasks.values():
+        for task_id in list(self.running):
+            tracked = self.tasks[task_id]
             status = tracked.status
             if status.state != T.TASK_STATE_RUNNING or tracked.stop is not None or not tracked.started:
                 continue
@@ -454,12 +458,15 @@ class SchedulerCore:
                 self._ordered = sorted(self.workers.values(), key=lambda w: w.node)
             worker.reserve(Placed(task.task_id, task.agent_id, task.priority, Need.of(task.limits),
                                   task.preemptible, now))  # fmt: skip
-            tracked.started = now if status.state == T.TASK_STATE_RUNNING else 0.0
+            if status.state == T.TASK_STATE_RUNNING:
+                tracked.started = now
+                self.running.add(task.task_id)
         return count
 
     # Helpers ---------------------------------------------------------------------------
 
     def _release(self, tracked: Tracked) -> None:
+        self.running.discard(tracked.status.task.task_id)
         worker = self.workers.get(tracked.status.node) if tracked.status.node else None
         if worker is not None:
             worker.release(tracked.status.task.task_id)

@@ -98,12 +98,21 @@ class Engine:
         self.wake = asyncio.Event()
         self.paused = False
         self.agent_cpu: dict[str, float] = {}
+        self._persisting = asyncio.Lock()
+        self._last_housekeeping = 0.0
 
     def now(self) -> float:
         return time.monotonic()
 
     async def persist(self) -> None:
-        """Write every changed task to Redis (call before answering the request that changed it)."""
+        """Write every changed task to Redis (call before answering the request that changed it).
+
+        Serialised: a caller whose change another caller is writing returns only once that write is done.
+        """
+        async with self._persisting:
+            await self._persist()
+
+    async def _persist(self) -> None:
         if not self.core.dirty:
             return
         ids, self.core.dirty = self.core.dirty, set()
@@ -126,7 +135,9 @@ class Engine:
             self.wake.clear()
             if self.paused:
                 continue
-            self.housekeeping()
+            if self.now() - self._last_housekeeping >= tick_s:
+                self._last_housekeeping = self.now()
+                self.housekeeping()
             self.schedule_round()
             try:
                 await self.persist()
@@ -153,7 +164,14 @@ class Engine:
         return made
 
     def housekeeping(self) -> None:
-        for task_id, node in self.core.expire(self.now()):
+        now = self.now()
+        for priority, depth, _ in self.core.queue.stats(now):
+            level = T.TaskPriority.Name(priority).removeprefix("TASK_PRIORITY_").lower()  # type: ignore[arg-type]
+            self.metrics.queued.labels(level).set(depth)
+        for worker in self.core.workers.values():
+            self.metrics.worker_memory.labels(worker.node).set(worker.memory_used)
+            self.metrics.worker_cpu.labels(worker.node).set(worker.cpu_used)
+        for task_id, node in self.core.expire(now):
             log.warning("task %s ran past its execution timeout on %s: stopping it", task_id, node)
             self.tasks.spawn(self.stop(task_id, node, Stop.TIMEOUT), name=f"timeout-{task_id}")
 

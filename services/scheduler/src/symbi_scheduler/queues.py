@@ -227,17 +227,24 @@ class TaskQueue:
                         yield entry
 
     def position(self, task_id: str, now: float) -> int:
-        """Roughly how many tasks go before this one (0 = next); for status replies, O(queued)."""
+        """About how many tasks go before this one (0 = next), in O(levels + its place in its tenant's FIFO).
+
+        The tasks of levels served first, plus, in its own level, the tasks ahead of it
+        in its tenant's FIFO times the tenants taking turns there.
+        """
         entry = self.entries.get(task_id)
         if entry is None:
             return 0
+        order = self.order(now)
         ahead = 0
-        mine = self.effective(entry, now)
-        for other in self.entries.values():
-            theirs = self.effective(other, now)
-            if theirs > mine or (theirs == mine and (other.enqueued_at, other.seq) < (entry.enqueued_at, entry.seq)):
-                ahead += 1
-        return ahead
+        for priority in order:
+            level = self.levels[priority]
+            if priority == entry.priority:
+                queue = level.tenants[entry.tenant]
+                mine = next(i for i, e in enumerate(queue) if e is entry)
+                return ahead + min(level.size - 1, mine * len(level.turns))
+            ahead += level.size
+        return ahead  # pragma: no cover - its level is always in the order
 
     def stats(self, now: float) -> list[tuple[int, int, float]]:
         """(priority, depth, age of the oldest in seconds) per level."""

@@ -122,7 +122,7 @@ async def setup(ctx: ServiceContext) -> None:
         if engine.paused:
             return NOT_SERVING, "lost the scheduling lease"
         workers = [w for w in core.workers.values() if not w.lost]
-        running = sum(1 for t in core.tasks.values() if t.status.state == task_pb2.TASK_STATE_RUNNING)
+        running = len(core.running)
         return SERVING, (
             f"{cfg.strategy}: {core.queue.waiting} waiting, {running} running, {len(workers)} workers "
             f"({len(core.workers) - len(workers)} lost)"

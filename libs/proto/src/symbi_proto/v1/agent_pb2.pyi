@@ -630,6 +630,7 @@ class CreateAgentRequest(_message.Message):
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    REQUESTER_ROLES_FIELD_NUMBER: _builtins.int
     requested_by: _builtins.str
     """Caller subject id, recorded as the actor."""
     idempotency_key: _builtins.str
@@ -640,6 +641,12 @@ class CreateAgentRequest(_message.Message):
     def definition(self) -> Global___AgentDefinition: ...
     @_builtins.property
     def source(self) -> Global___DefinitionSource: ...
+    @_builtins.property
+    def requester_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Roles of the caller, for the agent_create decision. The API sets them from the
+        authenticated key; on the internal bus the caller's word is taken.
+        """
+
     def __init__(
         self,
         *,
@@ -648,10 +655,11 @@ class CreateAgentRequest(_message.Message):
         requested_by: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         validate_only: _builtins.bool = ...,
+        requester_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "source", b"source", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "idempotency_key", b"idempotency_key", "requested_by", b"requested_by", "source", b"source", "spec", b"spec", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "idempotency_key", b"idempotency_key", "requested_by", b"requested_by", "requester_roles", b"requester_roles", "source", b"source", "spec", b"spec", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_spec: _TypeAlias = _typing.Literal["definition", "source"]  # noqa: Y015
     _WhichOneofArgType_spec: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
