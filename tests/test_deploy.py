@@ -28,7 +28,7 @@ CHART = ROOT / "deploy" / "helm" / "symbi"
 KUBE_VERSIONS = ("1.25.0", "1.37.0")
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
 # Variables set for containers that are not Symbi settings.
-FOREIGN_ENV = {"SYMBI_NODE_NAME"}
+FOREIGN_ENV: set[str] = set()
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},

@@ -104,6 +104,17 @@ def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:
             "tools-default",
         ]
 
+        # The README's agent example, against the example policies.
+        definition = str(POLICIES.parent / "agents" / "research_assistant.symbi")
+        created = symbi(
+            "agent", "--state-dir", str(state), "--role", "operator", "--json", "create", definition, env=env
+        )
+        assert created.returncode == 0, created.stderr
+        agent_id = json.loads(created.stdout)["agent_id"]
+        ran = symbi("agent", "--state-dir", str(state), "run", agent_id, "--wait", env=env)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "succeeded" in ran.stdout
+
         again = symbi("up", "--state-dir", str(state), env=env)
         assert again.returncode == 2
         assert "another `symbi up` is running" in again.stderr

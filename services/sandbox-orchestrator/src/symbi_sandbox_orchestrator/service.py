@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 
 from prometheus_client import Gauge
@@ -30,11 +31,14 @@ DRAIN_GRACE_S = 5.0
 
 
 def node_name(configured: str) -> str:
-    name = configured or socket.gethostname().split(".")[0]
+    """The node's subject token: the configured name (a Kubernetes node name, say) or the host name,
+    with every character other than letters, digits, '-' and '_' replaced by '-'."""
+    raw = configured or socket.gethostname()
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", raw).strip("-")
     try:
         return subjects.token(name)
     except InvalidArgumentError:
-        raise ConfigError(f"[sandbox].node {name!r} is not a valid node name (letters, digits, '-', '_')") from None
+        raise ConfigError(f"[sandbox].node {raw!r} gives no usable node name (letters, digits, '-', '_')") from None
 
 
 def make_runner(kind: str, simulated_seconds: float) -> Runner:
