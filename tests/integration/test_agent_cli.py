@@ -51,7 +51,7 @@ async def test_the_whole_agent_life_from_the_command_line(agent_stack: AgentStac
     url = stack.settings.nats.url
     base = ("--nats-url", url, "--as", "tester")
     definition = tmp_path / "cli_agent.symbi"
-    definition.write_text(agent_source("cli_agent", seconds=1.5).text)
+    definition.write_text(agent_source("cli_agent", seconds=60).text)
 
     code, out, err = await symbi("agent", *base, "--json", "create", str(definition))
     assert code == 0, err
