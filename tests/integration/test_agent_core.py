@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from symbi_testing.checks import components, eventually, health_of
-from symbi_testing.streams import audit_events
+from symbi_testing.streams import audit_events, details
 
 from symbi_common.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError, UnavailableError
 from symbi_lifecycle.definitions import source_of
@@ -39,7 +39,9 @@ async def test_every_example_agent_goes_through_its_whole_lifecycle(agent_stack:
         final = await stack.final(task_id)
         assert final.state == T.TASK_STATE_SUCCEEDED, (path.name, final.reason)
         assert final.report.runtime == "simulated"
-        assert final.task.tier == (agent.definition.options.sandbox_tier or sandbox_pb2.SANDBOX_TIER_TIER2_GVISOR)
+        requested = agent.definition.options.sandbox_tier or sandbox_pb2.SANDBOX_TIER_TIER2_GVISOR
+        assert final.task.tier == final.task.risk.chosen_tier >= requested
+        assert final.task.risk.reason.startswith("score ")
         ready = await stack.agent_state(agent.agent_id, A.AGENT_STATE_READY)
         assert ready.usage.wall_time.ToNanoseconds() > 0
         done = await stack.lifecycle.terminate(agent.agent_id, reason="example finished")
@@ -54,6 +56,9 @@ async def test_every_example_agent_goes_through_its_whole_lifecycle(agent_stack:
         ], path.name
     audited = await audit_events(stack.nc, "agent.>")
     assert len(audited) == 5 * len(EXAMPLES)
+    admitted = await audit_events(stack.nc, "task.admitted")
+    assert len(admitted) == len(EXAMPLES)
+    assert all(details(e)["risk_reason"].startswith("score ") for e in admitted)
     decisions = await audit_events(stack.nc, "policy.decision")
     assert sum(
         1 for d in decisions if d.details.fields["enforcement_point"].string_value == "resource_allocate"

@@ -5,8 +5,9 @@ defaults for what is still unset (``DEFAULTS``). Tier: the definition's, else
 ``[runtime].default_sandbox_tier``. Then the policy service decides
 ``resource_allocate`` for the task (subject: the agent; resource: ``task:<id>``;
 action attributes: the limits, ``network``, ``tier``); a deny rejects the request,
-and the decision's conditions can only tighten the task: limits are capped,
-the tier raised, never lowered.
+and the decision's conditions can only tighten the task: limits are capped.
+Finally the risk assessment (``symbi_common.risk``) picks the tier: the highest of
+what the score implies, what policy requires and what the definition asks for.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from symbi_common import risk
 from symbi_common.errors import InvalidArgumentError
 from symbi_common.ids import new_id
 from symbi_common.policy_client import Principal, Target, conditions, request
@@ -74,12 +76,13 @@ def allocation_request(task: task_pb2.Task, record: agent_pb2.AgentRecord) -> po
     )
 
 
-def apply_conditions(task: task_pb2.Task, found: Sequence[policy_pb2.Condition]) -> None:
-    """Tighten ``task`` by a decision's conditions (caps lower limits; a tier is raised, never lowered)."""
+def apply_conditions(task: task_pb2.Task, found: Sequence[policy_pb2.Condition]) -> int:
+    """Tighten ``task`` by a decision's conditions (caps lower limits); returns the tier policy requires."""
+    minimum = 0
     for condition in found:
         kind = condition.WhichOneof("kind")
         if kind == "require_sandbox_tier":
-            task.tier = max(task.tier, condition.require_sandbox_tier.minimum_tier)
+            minimum = max(minimum, condition.require_sandbox_tier.minimum_tier)
         elif kind == "limit_resources":
             cap = condition.limit_resources.limits
             for name in SIMPLE:
@@ -90,6 +93,18 @@ def apply_conditions(task: task_pb2.Task, found: Sequence[policy_pb2.Condition])
                 task.limits.execution_timeout.ToNanoseconds() > cap.execution_timeout.ToNanoseconds()
             ):
                 task.limits.execution_timeout.CopyFrom(cap.execution_timeout)
+    return minimum
+
+
+def risk_factors(definition: agent_pb2.AgentDefinition) -> sandbox_pb2.RiskFactors:
+    options = definition.options
+    return sandbox_pb2.RiskFactors(
+        data_sensitivity=options.data_sensitivity,
+        code_trust=options.code_trust,
+        network_access=options.network_access,
+        filesystem_access=options.filesystem_access,
+        external_integrations=list(options.inputs),
+    )
 
 
 async def admit(
@@ -121,5 +136,7 @@ async def admit(
         raise InvalidArgumentError(f"the agent belongs to tenant {definition.tenant!r}, not {req.tenant!r}")
     decision = await policy.check(allocation_request(task, record))
     task.decision_id = decision.decision_id
-    apply_conditions(task, conditions(decision))
+    minimum = apply_conditions(task, conditions(decision))
+    task.risk.CopyFrom(risk.assess(risk_factors(definition), policy_minimum=minimum, requested=task.tier))
+    task.tier = task.risk.chosen_tier
     return task

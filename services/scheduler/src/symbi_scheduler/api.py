@@ -13,11 +13,12 @@ import time
 from google.protobuf.message import Message
 
 from symbi_common import natsio, subjects
+from symbi_common.audit_events import AuditPublisher
 from symbi_common.errors import FailedPreconditionError, InvalidArgumentError, SymbiError, UnavailableError
 from symbi_common.ids import parse_id
 from symbi_common.lifecycle_client import LifecycleClient
 from symbi_common.service import ServiceContext
-from symbi_proto.v1 import agent_pb2, scheduler_pb2, task_pb2
+from symbi_proto.v1 import agent_pb2, sandbox_pb2, scheduler_pb2, task_pb2
 from symbi_scheduler.admission import Decider, admit
 from symbi_scheduler.core import FINAL, Stop
 from symbi_scheduler.engine import Engine
@@ -44,6 +45,7 @@ class SchedulerApi:
         engine: Engine,
         lifecycle: LifecycleClient,
         policy: Decider,
+        audit: AuditPublisher,
         *,
         default_tier: str,
         max_queued: int,
@@ -53,6 +55,7 @@ class SchedulerApi:
         self.core = engine.core
         self.lifecycle = lifecycle
         self.policy = policy
+        self.audit = audit
         self.default_tier = default_tier
         self.max_queued = max_queued
         self.grace_s = grace_s
@@ -90,6 +93,24 @@ class SchedulerApi:
             earlier = await self.engine.store.claim_idempotency(req.idempotency_key, task.task_id)
             if earlier is not None:
                 return self._scheduled(await self._status(earlier))
+        await self.audit.record(
+            "task.admitted",
+            agent_id=record.agent_id,
+            tenant=task.tenant,
+            correlation_id=task.task_id,
+            details={
+                "task_id": task.task_id,
+                "priority": T.TaskPriority.Name(task.priority).removeprefix("TASK_PRIORITY_").lower(),
+                "tier": sandbox_pb2.SandboxTier.Name(task.tier).removeprefix("SANDBOX_TIER_").lower(),
+                "risk_score": task.risk.score,
+                "risk_reason": task.risk.reason,
+                "memory_mb": int(task.limits.memory_mb),
+                "cpu_cores": float(task.limits.cpu_cores),
+                "execution_timeout_s": task.limits.execution_timeout.ToNanoseconds() / 1e9,
+                "network": task.network_access,
+                "decision_id": task.decision_id,
+            },
+        )  # no audit record, no task: an error here refuses the request
         status = self.core.submit(task, self.engine.now())
         if record.state == A.AGENT_STATE_SUSPENDED:
             self.core.hold_agent(record.agent_id)

@@ -14,6 +14,7 @@ import logging
 import time
 
 from symbi_common import redisio, subjects
+from symbi_common.audit_events import AuditPublisher
 from symbi_common.errors import SymbiError
 from symbi_common.health import NOT_SERVING, SERVING, CheckResult
 from symbi_common.lifecycle_client import LifecycleClient
@@ -112,6 +113,7 @@ async def setup(ctx: ServiceContext) -> None:
         engine,
         lifecycle,
         policy,
+        AuditPublisher(ctx.js, ctx.instance_id, enabled=ctx.settings.security.audit_enabled),
         default_tier=ctx.settings.runtime.default_sandbox_tier,
         max_queued=cfg.max_queued,
         grace_s=ctx.settings.lifecycle.grace_period_s,
