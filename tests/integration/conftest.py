@@ -2,8 +2,9 @@
 
 ``agent_stack`` starts the policy service (with ``POLICIES``), the lifecycle
 service and the scheduler on the session's NATS and Redis; ``stack.worker(...)``
-adds sandbox-orchestrator workers (the simulated runner: tasks run for the time
-their agent's ``symbi.simulate/*`` labels say, and execute nothing).
+adds sandbox-orchestrator workers: the simulated runner by default (tasks run for
+the time their agent's ``symbi.simulate/*`` labels say, and execute nothing), or
+``runner="docker"`` for real containers.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class AgentStack:
         self, node: str, *, memory: int = 4096, cpu: float = 4, slots: int = 16, **extra: Any
     ) -> ServiceRunner:
         overrides = {
+            "sandbox.runner": "simulated",
             "sandbox.node": node,
             "sandbox.memory_mb": memory,
             "sandbox.cpu_cores": cpu,

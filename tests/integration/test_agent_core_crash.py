@@ -88,7 +88,9 @@ async def test_killed_services_lose_no_agent_or_task(
             assert await lifecycle.get(agent.agent_id) == agent
         for task_id in tasks:
             assert (await scheduler.get_task(task_id)).state == task_pb2.TASK_STATE_QUEUED
-        worker = settings.with_overrides({"sandbox.node": "after-crash", "sandbox.report_interval_s": 0.2})
+        worker = settings.with_overrides(
+            {"sandbox.node": "after-crash", "sandbox.report_interval_s": 0.2, "sandbox.runner": "simulated"}
+        )
         await run_service(WORKER, worker)
 
         async def all_done() -> bool:

@@ -47,6 +47,7 @@ async def ask(nc: Client, operation: str, message: Message, reply: type[R]) -> R
 def worker_settings(settings: Settings) -> Settings:
     return settings.with_overrides(
         {
+            "sandbox.runner": "simulated",
             "sandbox.node": "w1",
             "sandbox.memory_mb": 1000,
             "sandbox.cpu_cores": 2,

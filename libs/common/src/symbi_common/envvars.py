@@ -99,7 +99,9 @@ REGISTRY: tuple[EnvVar, ...] = (
         "Seconds of waiting that raise a queued task one priority level.",
     ),
     EnvVar("SYMBI_SANDBOX_NODE", "sandbox.node", "Node name of a sandbox orchestrator (default: the host name)."),
-    EnvVar("SYMBI_SANDBOX_RUNNER", "sandbox.runner", "How tasks run: `simulated` (executes nothing)."),
+    EnvVar(
+        "SYMBI_SANDBOX_RUNNER", "sandbox.runner", "How tasks run: `docker` (default) or `simulated` (executes nothing)."
+    ),
     EnvVar("SYMBI_SANDBOX_MEMORY_MB", "sandbox.memory_mb", "Memory a worker offers to tasks, MiB (0: host memory)."),
     EnvVar("SYMBI_SANDBOX_CPU_CORES", "sandbox.cpu_cores", "CPU cores a worker offers to tasks (0: host cores)."),
     EnvVar("SYMBI_SANDBOX_TASK_SLOTS", "sandbox.task_slots", "Tasks a worker runs at once."),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -62,12 +63,24 @@ class Execution(Protocol):
         ...
 
 
+OutputSink = Callable[[int, int, bytes, bool], None]
+"""Receives output as it comes: (stream 1=stdout 2=stderr, offset in that stream, data, end of stream)."""
+
+
 class Runner(Protocol):
     name: str
 
     def tiers(self) -> list[sandbox_pb2.TierAvailability]: ...
 
-    async def start(self, task: task_pb2.Task) -> Execution:
+    async def refresh(self) -> None:
+        """Look again at what this node can run (tiers come and go with the container engine)."""
+        ...
+
+    async def remove_leftovers(self) -> int:
+        """Remove sandboxes a previous instance on this node left behind; returns how many."""
+        ...
+
+    async def start(self, task: task_pb2.Task, on_output: OutputSink | None = None) -> Execution:
         """Create the sandbox and start the task; raise ``SymbiError`` if it cannot start."""
         ...
 
@@ -158,7 +171,13 @@ class SimulatedRunner:
     def tiers(self) -> list[sandbox_pb2.TierAvailability]:
         return [sandbox_pb2.TierAvailability(tier=t, available=True, runtime="simulated") for t in TIERS]
 
-    async def start(self, task: task_pb2.Task) -> Execution:
+    async def refresh(self) -> None:
+        return None
+
+    async def remove_leftovers(self) -> int:
+        return 0
+
+    async def start(self, task: task_pb2.Task, on_output: OutputSink | None = None) -> Execution:
         return SimulatedExecution(task, self.default_seconds)
 
     async def close(self) -> None:

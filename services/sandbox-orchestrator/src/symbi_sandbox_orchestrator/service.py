@@ -2,7 +2,9 @@
 
 The worker (``worker.py``) implements the scheduler's contract on
 ``symbi.sandbox.<node>.*`` and reports capacity on ``symbi.worker.<node>.capacity``.
-Docker's tiers are probed and reported in health either way; with the
+The ``docker`` runner (the default) runs Tier 1 under runc and Tier 2 under runsc;
+a tier whose runtime the daemon lacks is reported unavailable in every capacity
+report, so nothing is placed here that would run with weaker isolation. With the
 ``simulated`` runner (``[sandbox].runner``) tasks are not executed at all, and the
 health check says so. On shutdown the worker drains: it stops its tasks and
 reports them, so the scheduler places them elsewhere.
@@ -21,6 +23,8 @@ from symbi_common import subjects
 from symbi_common.errors import ConfigError, InvalidArgumentError
 from symbi_common.health import DEGRADED, SERVING, CheckResult
 from symbi_common.service import ServiceContext, ServiceSpec
+from symbi_common.settings import Settings
+from symbi_sandbox_orchestrator.docker_runner import DockerRunner
 from symbi_sandbox_orchestrator.runners import Runner, SimulatedRunner
 from symbi_sandbox_orchestrator.runtimes import probe_docker
 from symbi_sandbox_orchestrator.worker import Worker
@@ -28,6 +32,7 @@ from symbi_sandbox_orchestrator.worker import Worker
 log = logging.getLogger(__name__)
 
 DRAIN_GRACE_S = 5.0
+RUNTIME_REFRESH_S = 10.0
 
 
 def node_name(configured: str) -> str:
@@ -41,9 +46,11 @@ def node_name(configured: str) -> str:
         raise ConfigError(f"[sandbox].node {raw!r} gives no usable node name (letters, digits, '-', '_')") from None
 
 
-def make_runner(kind: str, simulated_seconds: float) -> Runner:
+def make_runner(kind: str, node: str, settings: Settings) -> Runner:
     if kind == "simulated":
-        return SimulatedRunner(simulated_seconds)
+        return SimulatedRunner(settings.sandbox.simulated_seconds)
+    if kind == "docker":
+        return DockerRunner(node, settings.runtime.state_dir / "sandbox" / node)
     raise ConfigError(f"[sandbox].runner {kind!r} is not available")  # pragma: no cover - the settings forbid it
 
 
@@ -58,11 +65,29 @@ async def setup(ctx: ServiceContext) -> None:
 
     ctx.health.add_check("docker", docker_check)
 
-    runner = make_runner(cfg.runner, cfg.simulated_seconds)
+    node = node_name(cfg.node)
+    runner = make_runner(cfg.runner, node, ctx.settings)
     ctx.stack.push_async_callback(runner.close)
-    worker = Worker(ctx.nc, node_name(cfg.node), runner, cfg, ctx.instance_id, on_error=ctx.health.record_error)
+    await runner.refresh()
+    removed = await runner.remove_leftovers()
+    if removed:
+        log.warning("removed %d sandboxes a previous instance on node %s left behind", removed, node)
+    worker = Worker(ctx.nc, node, runner, cfg, ctx.instance_id, on_error=ctx.health.record_error)
     await worker.register(ctx.serve)
     ctx.tasks.spawn(worker.report_capacity(), name="capacity-reports")
+
+    async def follow_the_engine() -> None:
+        while True:
+            await asyncio.sleep(RUNTIME_REFRESH_S)
+            before = [t.available for t in runner.tiers()]
+            await runner.refresh()
+            if [t.available for t in runner.tiers()] != before:
+                log.warning(
+                    "sandbox tiers changed: %s", ", ".join(f"{t.runtime}={t.available}" for t in runner.tiers())
+                )
+                worker.changed()
+
+    ctx.tasks.spawn(follow_the_engine(), name="sandbox-runtimes")
     ctx.stack.push_async_callback(worker.drain, DRAIN_GRACE_S)
     ctx.health.endpoints["node"] = worker.node
 
@@ -81,6 +106,9 @@ async def setup(ctx: ServiceContext) -> None:
         )
         if runner.name == "simulated":
             return DEGRADED, f"{summary}; runner 'simulated': tasks are NOT executed"
+        missing = [f"{t.runtime} ({t.reason})" for t in runner.tiers() if not t.available]
+        if missing:
+            return DEGRADED, f"{summary}; unavailable: {', '.join(missing)}"
         return SERVING, summary
 
     ctx.health.add_check("worker", worker_check)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,14 +35,16 @@ from symbi_common.errors import (
     SymbiError,
 )
 from symbi_common.settings import SandboxSettings
+from symbi_common.supervisor import Supervisor
 from symbi_proto.v1 import common_pb2, sandbox_pb2, task_pb2
-from symbi_sandbox_orchestrator.runners import Execution, Exit, Runner
+from symbi_sandbox_orchestrator.runners import Execution, Exit, OutputSink, Runner
 
 log = logging.getLogger(__name__)
 
 T = task_pb2
 FINAL = frozenset({T.TASK_STATE_SUCCEEDED, T.TASK_STATE_FAILED, T.TASK_STATE_CANCELLED, T.TASK_STATE_REJECTED})
 MAX_ID = 128
+SUBJECT = re.compile(r"(?:[A-Za-z0-9_$-]+(?:\.[A-Za-z0-9_$-]+)*)?")
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Worker:
         self.draining = False
         self._sequence = 0
         self._changed = asyncio.Event()
+        self._outputs = Supervisor(on_failure=lambda name, exc: log.warning("%s: %r", name, exc))
 
     # Capacity -------------------------------------------------------------------------
 
@@ -125,6 +129,10 @@ class Worker:
         report.time.GetCurrentTime()
         report.report_interval.FromNanoseconds(int(self.settings.report_interval_s * 1e9))
         return report
+
+    def changed(self) -> None:
+        """Report capacity now rather than at the next interval."""
+        self._changed.set()
 
     async def publish_capacity(self) -> None:
         report = self.capacity()
@@ -163,14 +171,14 @@ class Worker:
         if known is not None and known.task.attempt == task.attempt:
             return task_pb2.StartTaskResponse(accepted=True, status=known.report)  # a retried start
         try:
-            self._admit(task, known)
+            self._admit(task, known, req.output_subject)
         except SymbiError as exc:
             return task_pb2.StartTaskResponse(accepted=False, error=exc.to_detail())
         slot = Slot(task, self._new_report(task))
         self.slots[task.task_id] = slot
         await self._set(slot, T.TASK_STATE_STARTING, "creating the sandbox")
         try:
-            slot.execution = await self.runner.start(task)
+            slot.execution = await self.runner.start(task, self._output_sink(req.output_subject, task.task_id))
         except SymbiError as exc:
             await self._finish(slot, Exit(T.TASK_EXIT_REASON_START_FAILED, None, exc.message))
             return task_pb2.StartTaskResponse(accepted=False, error=exc.to_detail(), status=slot.report)
@@ -181,9 +189,22 @@ class Worker:
         slot.waiter = asyncio.create_task(self._watch(slot), name=f"task-{task.task_id}")
         return task_pb2.StartTaskResponse(accepted=True, status=slot.report)
 
-    def _admit(self, task: task_pb2.Task, known: Slot | None) -> None:
+    def _output_sink(self, subject: str, task_id: str) -> OutputSink | None:
+        if not subject:
+            return None
+
+        def forward(stream: int, offset: int, data: bytes, eof: bool) -> None:
+            chunk = task_pb2.TaskOutput(task_id=task_id, stream=stream, offset=offset, data=data, eof=eof)  # type: ignore[arg-type]
+            chunk.time.GetCurrentTime()
+            self._outputs.spawn(self.nc.publish(subject, chunk.SerializeToString()), name=f"output-{task_id}")
+
+        return forward
+
+    def _admit(self, task: task_pb2.Task, known: Slot | None, output_subject: str) -> None:
         if not task.task_id or len(task.task_id) > MAX_ID or not task.agent_id:
             raise InvalidArgumentError("a task needs a task_id (at most 128 characters) and an agent_id")
+        if not SUBJECT.fullmatch(output_subject):
+            raise InvalidArgumentError(f"output_subject {output_subject!r} is not a subject one can publish on")
         if known is not None and known.report.state not in FINAL:
             raise FailedPreconditionError(f"task {task.task_id} already runs here (attempt {known.task.attempt})")
         if self.draining:
