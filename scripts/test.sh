@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/docker-setup.sh
+scripts/build-images.sh base   # the sandbox image (debootstrap + docker import; skipped when present)
 
 step() { printf '\n==> %s\n' "$*"; }
 step "format (ruff format --check)"

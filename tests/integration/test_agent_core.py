@@ -314,3 +314,17 @@ async def test_a_replica_that_loses_its_lease_stops_scheduling(agent_stack: Agen
     await eventually(refused, timeout_s=10, what="the replica stops scheduling")
     status = await health_of(stack.nc, "scheduler")
     assert components(status)["scheduling"].detail == "lost the scheduling lease"
+
+
+async def test_the_scheduler_runs_real_tasks_in_both_tiers(agent_stack: AgentStack) -> None:
+    """Example agents, placed by the scheduler on a worker with the Docker runner: runc and gVisor for real."""
+    stack = agent_stack
+    await stack.worker("docker-node", runner="docker", memory=4096, cpu=2)
+    for name, runtime in (("research_assistant.symbi", "runc"), ("data_pipeline.symbi", "runsc")):
+        created = await stack.lifecycle.create_from(source_of(ROOT / "examples" / "agents" / name))
+        agent = created.agent
+        final = await stack.final(await stack.run(agent.agent_id), timeout_s=90)
+        assert final.state == T.TASK_STATE_SUCCEEDED, (name, final.reason, final.report.detail)
+        assert (final.report.runtime, final.report.exit_code) == (runtime, 0)
+        assert final.report.output_bytes > 0
+        await stack.agent_state(agent.agent_id, A.AGENT_STATE_READY)

@@ -104,16 +104,12 @@ def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:
             "tools-default",
         ]
 
-        # The README's agent example, against the example policies.
-        definition = str(POLICIES.parent / "agents" / "research_assistant.symbi")
-        created = symbi(
-            "agent", "--state-dir", str(state), "--role", "operator", "--json", "create", definition, env=env
-        )
-        assert created.returncode == 0, created.stderr
-        agent_id = json.loads(created.stdout)["agent_id"]
+        # Without Docker no tier runs here: a task is refused plainly, never run unsandboxed.
+        agent_id = create_readme_agent(state, env)
         ran = symbi("agent", "--state-dir", str(state), "run", agent_id, "--wait", env=env)
-        assert ran.returncode == 0, ran.stdout + ran.stderr
-        assert "succeeded" in ran.stdout
+        assert ran.returncode == 1
+        assert "no worker can ever run this task" in ran.stderr
+        assert "none runs SANDBOX_TIER_TIER1_DOCKER (tiers available: none)" in ran.stderr
 
         again = symbi("up", "--state-dir", str(state), env=env)
         assert again.returncode == 2
@@ -131,6 +127,38 @@ def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert [pid for pid in pids if pid_alive(pid)] == []
     assert not (state / "up.json").exists()
+
+
+def create_readme_agent(state: Path, env: dict[str, str]) -> str:
+    """The README's agent example, against the example policies."""
+    definition = str(POLICIES.parent / "agents" / "research_assistant.symbi")
+    created = symbi("agent", "--state-dir", str(state), "--role", "operator", "--json", "create", definition, env=env)
+    assert created.returncode == 0, created.stderr
+    return str(json.loads(created.stdout)["agent_id"])
+
+
+def test_up_runs_the_readme_agent_in_a_real_sandbox(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = stack_env(tmp_path)
+    del env["DOCKER_HOST"]  # the machine's Docker engine, with runc and runsc
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "symbi_cli", "up", "--state-dir", str(state), "--policies", str(POLICIES)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        output = "\n".join(wait_for_line(proc, READY_LINE, timeout_s=120))
+        assert "tiers available: Tier1, Tier2" in output
+        agent_id = create_readme_agent(state, env)
+        ran = symbi("agent", "--state-dir", str(state), "--json", "run", agent_id, "--wait", env=env, timeout=120)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        status = json.loads(ran.stdout)
+        assert status["state"] == "TASK_STATE_SUCCEEDED"
+        assert status["report"]["runtime"] == "runc"  # research_assistant scores below 0.5: Tier 1
+        assert status["task"]["risk"]["reason"].startswith("score ")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
 
 
 def test_up_restarts_a_crashed_service(tmp_path: Path) -> None:

@@ -123,12 +123,19 @@ class SchedulerCore:
         need = Need.of(task.limits)
         known = [w for w in self.workers.values() if not w.lost]
         if known and not any(w.could_ever_fit(need, task.tier) for w in known):
-            largest = max(known, key=lambda w: (w.total.memory_mb, w.total.cpu_cores))
+            tier = sandbox_pb2.SandboxTier.Name(task.tier)
+            with_tier = [w for w in known if task.tier in w.tiers]
+            if not with_tier:
+                offered = sorted({sandbox_pb2.SandboxTier.Name(t) for w in known for t in w.tiers}) or ["none"]
+                raise InvalidArgumentError(
+                    f"no worker can ever run this task: none runs {tier} (tiers available: {', '.join(offered)}); "
+                    "it is never run with weaker isolation"
+                )
+            largest = max(with_tier, key=lambda w: (w.total.memory_mb, w.total.cpu_cores))
             raise InvalidArgumentError(
                 f"no worker can ever run this task: it asks for {need.memory_mb} MiB and {need.cpu_cores:g} CPU "
-                f"in {sandbox_pb2.SandboxTier.Name(task.tier)}; "
-                f"the largest worker ({largest.node}) has {largest.total.memory_mb} MiB and "
-                f"{largest.total.cpu_cores:g} CPU"
+                f"in {tier}; the largest worker with that tier ({largest.node}) has {largest.total.memory_mb} MiB "
+                f"and {largest.total.cpu_cores:g} CPU"
             )
         status = task_pb2.TaskStatus(task=task, state=T.TASK_STATE_QUEUED)
         _wall(status.queued_at)
