@@ -126,7 +126,7 @@ class SchedulerCore:
             tier = sandbox_pb2.SandboxTier.Name(task.tier)
             with_tier = [w for w in known if task.tier in w.tiers]
             if not with_tier:
-                offered = sorted({sandbox_pb2.SandboxTier.Name(t) for w in known for t in w.tiers}) or ["none"]
+                offered = sorted({sandbox_pb2.SandboxTier.Name(t) for w in known for t in w.tiers}) or ["none"]  # type: ignore[arg-type]
                 raise InvalidArgumentError(
                     f"no worker can ever run this task: none runs {tier} (tiers available: {', '.join(offered)}); "
                     "it is never run with weaker isolation"
