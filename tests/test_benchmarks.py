@@ -20,6 +20,7 @@ SMOKE_ARGS = {
     "policy.py": ["--quick"],
     "audit.py": ["--quick"],
     "scheduler.py": ["--quick"],
+    "sandbox.py": ["--quick"],
 }
 
 

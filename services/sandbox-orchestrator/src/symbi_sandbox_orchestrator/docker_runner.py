@@ -273,9 +273,9 @@ class DockerExecution:
             await asyncio.wait_for(asyncio.shield(self._future), grace_s + DOCKER_TIMEOUT_S)
         except TimeoutError:
             return False
-        return await self._gone()
+        return await self.gone()
 
-    async def _gone(self) -> bool:
+    async def gone(self) -> bool:
         try:
             await asyncio.to_thread(self.client.containers.get, self.container.id)
         except NotFound:
