@@ -100,7 +100,15 @@ REGISTRY: tuple[EnvVar, ...] = (
     ),
     EnvVar("SYMBI_SANDBOX_NODE", "sandbox.node", "Node name of a sandbox orchestrator (default: the host name)."),
     EnvVar(
-        "SYMBI_SANDBOX_RUNNER", "sandbox.runner", "How tasks run: `docker` (default) or `simulated` (executes nothing)."
+        "SYMBI_SANDBOX_RUNNER",
+        "sandbox.runner",
+        "How tasks run: `docker` (default), `kubernetes` (pods) or `simulated` (executes nothing).",
+    ),
+    EnvVar("SYMBI_SANDBOX_NAMESPACE", "sandbox.namespace", "Namespace of task pods (Kubernetes runner)."),
+    EnvVar(
+        "SYMBI_SANDBOX_GVISOR_RUNTIME_CLASS",
+        "sandbox.gvisor_runtime_class",
+        "RuntimeClass of Tier 2 task pods (Kubernetes runner).",
     ),
     EnvVar("SYMBI_SANDBOX_MEMORY_MB", "sandbox.memory_mb", "Memory a worker offers to tasks, MiB (0: host memory)."),
     EnvVar("SYMBI_SANDBOX_CPU_CORES", "sandbox.cpu_cores", "CPU cores a worker offers to tasks (0: host cores)."),

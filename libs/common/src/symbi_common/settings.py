@@ -150,9 +150,13 @@ class SchedulerSettings(_Section):
 class SandboxSettings(_Section):
     node: str = ""
     """Node name of this orchestrator (subject token); empty means the host name."""
-    runner: Literal["docker", "simulated"] = "docker"
-    """How tasks run: ``docker`` (runc for Tier 1, runsc for Tier 2), or ``simulated``, which executes
-    nothing: a task "runs" for simulated_seconds (tests of the scheduling around it)."""
+    runner: Literal["docker", "kubernetes", "simulated"] = "docker"
+    """How tasks run: ``docker`` (runc for Tier 1, runsc for Tier 2), ``kubernetes`` (pods, gVisor by
+    RuntimeClass), or ``simulated``, which executes nothing: a task "runs" for simulated_seconds."""
+    namespace: str = "default"
+    """Kubernetes runner: the namespace task pods run in."""
+    gvisor_runtime_class: str = "gvisor"
+    """Kubernetes runner: the RuntimeClass of Tier 2 pods."""
     memory_mb: int = Field(default=0, ge=0)
     """Memory offered to tasks, in MiB; 0 means what the host has, minus 10%."""
     cpu_cores: float = Field(default=0.0, ge=0)

@@ -51,6 +51,14 @@ def make_runner(kind: str, node: str, settings: Settings) -> Runner:
         return SimulatedRunner(settings.sandbox.simulated_seconds)
     if kind == "docker":
         return DockerRunner(node, settings.runtime.state_dir / "sandbox" / node)
+    if kind == "kubernetes":
+        from symbi_sandbox_orchestrator.kubernetes_runner import ClusterApi, KubernetesRunner
+
+        try:
+            api = ClusterApi()
+        except Exception as exc:  # no in-cluster config and no kubeconfig
+            raise ConfigError(f"[sandbox].runner kubernetes: no cluster configuration ({exc})") from None
+        return KubernetesRunner(api, settings.sandbox.namespace, settings.sandbox.gvisor_runtime_class)
     raise ConfigError(f"[sandbox].runner {kind!r} is not available")  # pragma: no cover - the settings forbid it
 
 
