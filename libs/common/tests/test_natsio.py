@@ -20,7 +20,7 @@ from symbi_common.errors import (
     UnavailableError,
 )
 from symbi_common.ids import new_id
-from symbi_common.settings import NatsSettings
+from symbi_common.settings import NatsSettings, Settings
 from symbi_proto.v1 import common_pb2, health_pb2
 
 pytestmark = pytest.mark.integration
@@ -87,6 +87,28 @@ async def test_reply_without_status_header_is_refused(nc: Client) -> None:
 async def test_no_responders_is_unavailable(nc: Client) -> None:
     with pytest.raises(UnavailableError, match="no service is listening"):
         await natsio.request(nc, subject(), health_pb2.HealthRequest(), health_pb2.HealthStatus, timeout=2)
+
+
+async def test_a_responder_that_appears_a_moment_later_is_reached(nc: Client, settings: Settings) -> None:
+    """The server may miss a fresh subscription for a few milliseconds: a request asks again briefly."""
+    subj = subject()
+    other = await natsio.connect(settings.nats, "late-responder")
+
+    async def answer(request: health_pb2.HealthRequest, meta: natsio.RequestMeta) -> health_pb2.HealthStatus:
+        return health_pb2.HealthStatus(service="late")
+
+    async def subscribe_soon() -> None:
+        await asyncio.sleep(0.015)
+        await natsio.serve(other, subj, health_pb2.HealthRequest, answer)
+        await other.flush()
+
+    try:
+        late = asyncio.ensure_future(subscribe_soon())
+        reply = await natsio.request(nc, subj, health_pb2.HealthRequest(), health_pb2.HealthStatus, timeout=2)
+        await late
+    finally:
+        await other.close()
+    assert reply.service == "late"
 
 
 async def test_slow_handler_is_deadline_exceeded(nc: Client) -> None:

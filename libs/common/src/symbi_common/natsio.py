@@ -125,6 +125,13 @@ def _map_nats_error(exc: BaseException, subject: str, timeout: float) -> SymbiEr
     return from_exception(exc)
 
 
+NO_RESPONDER_RETRIES = (0.01, 0.02, 0.04)
+"""Pauses before asking again when the server says nobody listens. A subscription the
+server has acknowledged can still be missed for a few milliseconds by a publish from
+another connection (seen with nats-server 2.x and queue groups, about one time in fifty
+right after a service starts); a service that is really down costs 70 ms more to report."""
+
+
 async def request(
     nc: Client,
     subject: str,
@@ -135,10 +142,19 @@ async def request(
 ) -> Resp:
     """Send a protobuf request and return the typed reply, or raise the typed error."""
     with telemetry.tracer().start_as_current_span(f"request {subject}", kind=trace.SpanKind.CLIENT):
-        try:
-            reply = await nc.request(subject, message.SerializeToString(), timeout=timeout, headers=telemetry.inject())
-        except Exception as exc:
-            raise _map_nats_error(exc, subject, timeout) from exc
+        payload = message.SerializeToString()
+        deadline = time.monotonic() + timeout
+        for pause in (*NO_RESPONDER_RETRIES, None):
+            try:
+                left = max(0.001, deadline - time.monotonic())
+                reply = await nc.request(subject, payload, timeout=left, headers=telemetry.inject())
+                break
+            except nats.errors.NoRespondersError as exc:
+                if pause is None or time.monotonic() + pause >= deadline:
+                    raise _map_nats_error(exc, subject, timeout) from exc
+                await asyncio.sleep(pause)
+            except Exception as exc:
+                raise _map_nats_error(exc, subject, timeout) from exc
         return decode_reply(reply, response_type, subject)
 
 
