@@ -303,3 +303,71 @@ async def test_stop_returns_once_the_container_is_gone(nc: Client, worker: None,
     assert reply.stopped
     assert (reply.status.state, reply.status.exit_reason) == (T.TASK_STATE_CANCELLED, T.TASK_EXIT_REASON_STOPPED)
     assert containers_left() == []  # confirmed means gone, at the moment of the reply
+
+
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
+async def test_a_warm_container_runs_the_task_as_a_cold_one_would(
+    run_service: RunService, settings: Settings, nc: Client, sandbox_image: str, runtime: str
+) -> None:
+    await run_service(
+        SPEC,
+        settings.with_overrides(
+            {"sandbox.runner": "docker", "sandbox.node": NODE, "sandbox.warm_pool": 1, "sandbox.memory_mb": 4096}
+        ),
+    )
+    reports: list[task_pb2.WorkerCapacity] = []
+
+    async def on_capacity(msg: Msg) -> None:
+        reports.append(T.WorkerCapacity.FromString(msg.data))
+
+    await nc.subscribe(subjects.worker_capacity(NODE), cb=on_capacity)
+
+    async def warm_ready() -> bool:
+        client = docker.from_env()
+        try:
+            found = client.containers.list(filters={"label": [f"{LABEL_NODE}={NODE}", "symbi.warm=true"]})
+        finally:
+            client.close()
+        return len(found) >= 2  # one per tier, started and waiting
+
+    await eventually(warm_ready, timeout_s=60, what="the pool is warm")
+    t = task(
+        ["python3", "/symbi/task/script.py", "arg"],
+        TIERS[runtime],
+        memory=256,
+        script=PROBE + "import sys\nprint(sys.argv[1:])\n",
+    )
+    t.limits.cpu_cores = 0.5
+    t.spec.env["GREETING"] = "warm"
+    inbox = nc.new_inbox()
+    chunks: list[bytes] = []
+
+    async def collect(msg: Msg) -> None:
+        chunks.append(T.TaskOutput.FromString(msg.data).data)
+
+    await nc.subscribe(inbox, cb=collect)
+    reply = await ask(nc, "start", T.StartTaskRequest(task=t, output_subject=inbox), T.StartTaskResponse)
+    assert reply.accepted
+    assert reply.status.detail == "running (warm)"
+    final = T.TaskStatusReport()
+
+    async def ended() -> bool:
+        final.CopyFrom(await ask(nc, "status", T.TaskStatusRequest(task_id=t.task_id), T.TaskStatusReport))
+        return final.state == T.TASK_STATE_SUCCEEDED
+
+    await eventually(ended, timeout_s=60, what="the warm task ends")
+    lines = b"".join(chunks).decode().splitlines()
+    seen = json.loads(lines[0])
+    assert seen["cap_eff"] == "0000000000000000"
+    assert seen["uid"] == 65534
+    assert "writable" not in seen
+    assert seen["interfaces"] == ["lo"]
+    assert seen["script_dir"]
+    assert lines[1] == "['arg']"
+
+    def refilled() -> bool:
+        pools = {p.tier: p for p in reports[-1].warm_pools} if reports else {}
+        pool = pools.get(TIERS[runtime])
+        return pool is not None and pool.target == 1 and pool.ready >= 1
+
+    await eventually(refilled, timeout_s=60, what="the used warm container is replaced, and reported")

@@ -170,6 +170,10 @@ class SandboxSettings(_Section):
     finished_retention_s: float = Field(default=600.0, gt=0)
     """How long a worker remembers finished tasks for status queries."""
     labels: dict[str, str] = Field(default_factory=dict)
+    warm_pool: int = Field(default=0, ge=0, le=64)
+    """Docker runner: containers kept started and waiting per tier (0: every task starts cold)."""
+    warm_images: tuple[str, ...] = ("symbi/base:bookworm",)
+    """Images warm containers may use (each needs python3 for the waiting stub)."""
 
 
 class ApiSettings(_Section):

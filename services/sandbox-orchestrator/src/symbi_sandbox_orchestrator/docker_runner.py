@@ -35,9 +35,11 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 
 from symbi_common.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from symbi_common.ids import new_id
 from symbi_proto.v1 import common_pb2, sandbox_pb2, task_pb2
 from symbi_sandbox_orchestrator.runners import Exit, OutputSink
 from symbi_sandbox_orchestrator.runtimes import TIER_RUNTIMES, probe_docker
+from symbi_sandbox_orchestrator.warm_pool import LABEL_WARM, STUB, Shape, WarmPool, deliver
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ SCRIPT_DIR = "/symbi/task"
 LABEL_NODE = "symbi.node"
 LABEL_TASK = "symbi.task"
 DOCKER_TIMEOUT_S = 60
+DEFAULT_WARM_MEMORY_MB = 256
+DEFAULT_WARM_NANO_CPUS = 500_000_000
 
 
 def hardening(task: task_pb2.Task, runtime: str, io_device: str | None) -> dict[str, Any]:
@@ -124,6 +128,8 @@ class DockerExecution:
         self._usage = common_pb2.TaskResourceUsage()
         self._output = {1: 0, 2: 0}
         self._stream: Any = ()
+        self.warm = False
+        """It started in a warm pool container (see ``warm_pool``)."""
         self._thread = threading.Thread(target=self._follow, name=f"task-{task.task_id}", daemon=True)
 
     def attach(self) -> None:
@@ -295,7 +301,15 @@ class DockerRunner:
 
     name = "docker"
 
-    def __init__(self, node: str, scratch_root: Path, *, base_url: str | None = None) -> None:
+    def __init__(
+        self,
+        node: str,
+        scratch_root: Path,
+        *,
+        base_url: str | None = None,
+        warm_size: int = 0,
+        warm_images: frozenset[str] = frozenset(),
+    ) -> None:
         self.node = node
         self.scratch_root = scratch_root
         self.base_url = base_url
@@ -303,6 +317,8 @@ class DockerRunner:
         self._runtimes: frozenset[str] = frozenset()
         self._detail = "not probed yet"
         self._io_device: str | None = None
+        self.pool = WarmPool(self._create_warm, self._sweep_warm, scratch_root / "warm", node, size=warm_size,
+                             images=warm_images)  # fmt: skip
 
     @property
     def client(self) -> docker.DockerClient:
@@ -323,6 +339,19 @@ class DockerRunner:
             with contextlib.suppress(DockerException, requests.exceptions.RequestException):
                 root = (await asyncio.to_thread(self.client.info)).get("DockerRootDir", "/var/lib/docker")
                 self._io_device = block_device(root)
+                self._prewarm()
+
+    def _prewarm(self) -> None:
+        """Warm the default shape (the first warm image, the scheduler's default limits) in each tier."""
+        if not self.pool.size or not self.pool.images:
+            return
+        image = sorted(self.pool.images)[0]
+        for tier, name in TIERS.items():
+            if TIER_RUNTIMES[name] in self._runtimes:
+                self.pool.prewarm(Shape(tier, image, DEFAULT_WARM_MEMORY_MB, DEFAULT_WARM_NANO_CPUS, 0, 0))
+
+    def warm_pools(self) -> list[task_pb2.WarmPool]:
+        return self.pool.stats()
 
     def tiers(self) -> list[sandbox_pb2.TierAvailability]:
         out = []
@@ -354,6 +383,19 @@ class DockerRunner:
         image = task.spec.image
         if not image:
             raise InvalidArgumentError("the task names no image")
+        warm = self.pool.take(task)
+        loop = asyncio.get_running_loop()
+        if warm is not None:
+            execution = DockerExecution(self.client, warm.container, task, runtime, loop, on_output, warm.scratch)
+            execution.warm = True
+            try:
+                await asyncio.to_thread(execution.attach)
+                await asyncio.to_thread(deliver, warm, task)
+            except (DockerException, requests.exceptions.RequestException, OSError) as exc:
+                execution._remove()
+                raise FailedPreconditionError(f"the warm container did not take the task: {_short(exc)}") from None
+            execution.begin()
+            return execution
         scratch = self._scratch(task) if task.spec.script else None
         try:
             container = await asyncio.to_thread(self._create, task, runtime, scratch)
@@ -361,8 +403,7 @@ class DockerRunner:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
             raise
-        execution = DockerExecution(self.client, container, task, runtime, asyncio.get_running_loop(), on_output,
-                                    scratch)  # fmt: skip
+        execution = DockerExecution(self.client, container, task, runtime, loop, on_output, scratch)
         try:
             await asyncio.to_thread(execution.attach)
             await asyncio.to_thread(container.start)
@@ -403,6 +444,30 @@ class DockerRunner:
         except (DockerException, requests.exceptions.RequestException) as exc:
             raise UnavailableError(f"Docker does not answer: {_short(exc)}") from None
 
+    def _create_warm(self, template: task_pb2.Task, scratch: Path, labels: dict[str, str]) -> Container:
+        """A pool container: the template's limits and hardening, the stub as PID 1, stdin open."""
+        runtime = TIER_RUNTIMES[TIERS[template.tier]]
+        options = hardening(template, runtime, self._io_device)
+        options["labels"] = {LABEL_NODE: self.node, **labels}
+        options["volumes"] = {str(scratch): {"bind": SCRIPT_DIR, "mode": "ro"}}
+        return self.client.containers.create(
+            template.spec.image,
+            entrypoint=["python3", "-c", STUB],
+            stdin_open=True,
+            name=f"symbi-warm-{new_id()}",
+            detach=True,
+            **options,
+        )
+
+    def _sweep_warm(self) -> int:
+        found = self.client.containers.list(
+            all=True, filters={"label": [f"{LABEL_NODE}={self.node}", f"{LABEL_WARM}=true"]}
+        )
+        for container in found:
+            with contextlib.suppress(NotFound):
+                container.remove(force=True)
+        return len(found)
+
     def _scratch(self, task: task_pb2.Task) -> Path:
         self.scratch_root.mkdir(parents=True, exist_ok=True)
         directory = Path(tempfile.mkdtemp(prefix=f"{task.task_id}-", dir=self.scratch_root))
@@ -412,6 +477,7 @@ class DockerRunner:
         return directory
 
     async def close(self) -> None:
+        await self.pool.close()
         if self._client is not None:
             self._client.close()
             self._client = None

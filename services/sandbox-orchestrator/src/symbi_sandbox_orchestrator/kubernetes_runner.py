@@ -226,6 +226,9 @@ class KubernetesRunner:
             out.append(sandbox_pb2.TierAvailability(tier=tier, available=available, runtime=runtime, reason=reason))
         return out
 
+    def warm_pools(self) -> list[task_pb2.WarmPool]:
+        return []
+
     async def remove_leftovers(self) -> int:
         return 0  # pods outlive this process by design; the scheduler reconciles them through status reports
 

@@ -80,6 +80,10 @@ class Runner(Protocol):
         """Remove sandboxes a previous instance on this node left behind; returns how many."""
         ...
 
+    def warm_pools(self) -> list[task_pb2.WarmPool]:
+        """Containers ready per tier (empty when the runner keeps none)."""
+        ...
+
     async def start(self, task: task_pb2.Task, on_output: OutputSink | None = None) -> Execution:
         """Create the sandbox and start the task; raise ``SymbiError`` if it cannot start."""
         ...
@@ -176,6 +180,9 @@ class SimulatedRunner:
 
     async def remove_leftovers(self) -> int:
         return 0
+
+    def warm_pools(self) -> list[task_pb2.WarmPool]:
+        return []
 
     async def start(self, task: task_pb2.Task, on_output: OutputSink | None = None) -> Execution:
         return SimulatedExecution(task, self.default_seconds)

@@ -50,7 +50,9 @@ def make_runner(kind: str, node: str, settings: Settings) -> Runner:
     if kind == "simulated":
         return SimulatedRunner(settings.sandbox.simulated_seconds)
     if kind == "docker":
-        return DockerRunner(node, settings.runtime.state_dir / "sandbox" / node)
+        cfg = settings.sandbox
+        return DockerRunner(node, settings.runtime.state_dir / "sandbox" / node, warm_size=cfg.warm_pool,
+                            warm_images=frozenset(cfg.warm_images))  # fmt: skip
     if kind == "kubernetes":
         from symbi_sandbox_orchestrator.kubernetes_runner import ClusterApi, KubernetesRunner
 

@@ -125,6 +125,7 @@ class Worker:
             draining=self.draining,
             sequence=self._sequence,
             labels=self.settings.labels,
+            warm_pools=self.runner.warm_pools(),
         )
         report.time.GetCurrentTime()
         report.report_interval.FromNanoseconds(int(self.settings.report_interval_s * 1e9))
@@ -185,7 +186,9 @@ class Worker:
         slot.report.sandbox_id = slot.execution.sandbox_id
         slot.report.runtime = slot.execution.runtime
         slot.report.started_at.GetCurrentTime()
-        await self._set(slot, T.TASK_STATE_RUNNING, "running")
+        await self._set(
+            slot, T.TASK_STATE_RUNNING, "running (warm)" if getattr(slot.execution, "warm", False) else "running"
+        )
         slot.waiter = asyncio.create_task(self._watch(slot), name=f"task-{task.task_id}")
         return task_pb2.StartTaskResponse(accepted=True, status=slot.report)
 
