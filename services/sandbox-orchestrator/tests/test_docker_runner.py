@@ -371,3 +371,18 @@ async def test_a_warm_container_runs_the_task_as_a_cold_one_would(
         return pool is not None and pool.target == 1 and pool.ready >= 1
 
     await eventually(refilled, timeout_s=60, what="the used warm container is replaced, and reported")
+
+
+async def test_containers_a_crashed_orchestrator_left_are_removed_at_start(
+    run_service: RunService, settings: Settings, sandbox_image: str
+) -> None:
+    client = docker.from_env()
+    try:
+        client.containers.create(
+            IMAGE, command=["sleep", "600"], labels={LABEL_NODE: NODE}, name=f"leftover-{new_id()}"
+        )
+        assert len(containers_left()) == 1
+        await run_service(SPEC, settings.with_overrides({"sandbox.runner": "docker", "sandbox.node": NODE}))
+        assert containers_left() == []
+    finally:
+        client.close()
