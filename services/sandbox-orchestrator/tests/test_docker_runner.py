@@ -386,3 +386,26 @@ async def test_containers_a_crashed_orchestrator_left_are_removed_at_start(
         assert containers_left() == []
     finally:
         client.close()
+
+
+async def test_block_io_limits_are_set_on_the_disk_holding_docker_data(nc: Client, worker: None) -> None:
+    t = task(["sleep", "600"], TIERS["runc"])
+    t.limits.disk_io_mbps = 10
+    assert (await ask(nc, "start", T.StartTaskRequest(task=t), T.StartTaskResponse)).accepted
+    client = docker.from_env()
+    try:
+        (container,) = client.containers.list(filters={"label": f"symbi.task={t.task_id}"})
+        host = container.attrs["HostConfig"]
+        assert host["BlkioDeviceReadBps"] == host["BlkioDeviceWriteBps"]
+        (limit,) = host["BlkioDeviceReadBps"]
+        assert limit["Rate"] == 10_000_000
+        assert limit["Path"].startswith("/dev/")
+        assert host["ReadonlyRootfs"] is True
+        assert host["CapDrop"] == ["ALL"]
+        assert host["NetworkMode"] == "none"
+        assert host["PidsLimit"] == 256
+    finally:
+        client.close()
+    stop = T.StopTaskRequest(task_id=t.task_id, reason=T.STOP_REASON_CANCELLED)
+    stop.grace_period.FromSeconds(1)
+    assert (await ask(nc, "stop", stop, T.StopTaskResponse)).stopped
