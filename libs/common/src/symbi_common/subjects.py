@@ -97,6 +97,41 @@ def task_output(task_id: str) -> str:
     return f"{PREFIX}.task.{token(task_id)}.output"
 
 
+# The message bus (routed by the lifecycle service's router).
+# Agents send every envelope as a request on their own out subject; the router checks
+# it and answers with a SendResult. Direct messages are stored in the INBOX stream at
+# their recipient's inbox subject; topics, requests and replies travel on core NATS.
+INBOX_STREAM = "INBOX"
+BUS_INBOXES = f"{PREFIX}.bus.inbox.>"
+BUS_OUT_ALL = f"{PREFIX}.bus.out.*"
+MESSAGE_DEAD_LETTER = f"{PREFIX}.deadletter.messages"
+
+
+def bus_out(agent_id: str) -> str:
+    return f"{PREFIX}.bus.out.{token(agent_id)}"
+
+
+def bus_inbox(agent_id: str) -> str:
+    return f"{PREFIX}.bus.inbox.{token(agent_id)}"
+
+
+def bus_topic(topic: str) -> str:
+    return f"{PREFIX}.bus.topic.{dotted(topic)}"
+
+
+def bus_request(agent_id: str) -> str:
+    return f"{PREFIX}.bus.request.{token(agent_id)}"
+
+
+def bus_reply(agent_id: str) -> str:
+    return f"{PREFIX}.bus.reply.{token(agent_id)}"
+
+
+def inbox_consumer(agent_id: str) -> str:
+    """Durable consumer name of an agent's inbox (letters, digits, '-', '_')."""
+    return f"inbox_{token(agent_id)}"
+
+
 # Context and tools.
 def context(operation: str) -> str:
     return f"{PREFIX}.context.{token(operation)}"

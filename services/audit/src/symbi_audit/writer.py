@@ -26,30 +26,20 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from symbi_audit.lease import WriterLease
 from symbi_audit.log import AuditLog
 from symbi_audit.validate import Rejected, parse_message
-from symbi_common import audit_events, natsio, subjects
+from symbi_common import audit_events, deadletters, natsio, subjects
 from symbi_common.errors import UnavailableError
-from symbi_proto.v1 import audit_pb2, common_pb2
+from symbi_proto.v1 import audit_pb2
 
 log = logging.getLogger(__name__)
 
 DURABLE = "audit-writer"
-DEADLETTER_STREAM = "DEADLETTER"
-
-
-def deadletter_stream() -> StreamConfig:
-    return StreamConfig(
-        name=DEADLETTER_STREAM,
-        subjects=[f"{subjects.PREFIX}.deadletter.>"],
-        storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS,
-        max_age=30 * 24 * 3600.0,
-    )
+DEADLETTER_STREAM = deadletters.STREAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +86,7 @@ class AuditWriter:
 
     async def setup_streams(self) -> None:
         await audit_events.ensure_stream(self.js)
-        await natsio.ensure_stream(self.js, deadletter_stream())
+        await deadletters.ensure_stream(self.js)
 
     async def run(self) -> None:
         """Background task: compete for the lease; while holding it, write; after a failure, try again."""
@@ -217,15 +207,15 @@ class AuditWriter:
             log.debug("cannot publish on %s: %r", subject, exc)
 
     async def _dead_letter(self, msg: Msg, rejected: Rejected) -> None:
-        letter = common_pb2.DeadLetter(
-            subject=msg.subject,
-            payload=rejected.payload,
-            error=common_pb2.ErrorDetail(code="invalid_argument", message=rejected.reason),
+        letter = deadletters.letter(
+            msg.subject,
+            rejected.payload,
+            "invalid_argument",
+            rejected.reason,
             rejected_by=self.instance_id,
             headers={k: str(v) for k, v in (msg.headers or {}).items()},
             attempts=msg.metadata.num_delivered if msg.metadata else 1,
         )
-        letter.time.GetCurrentTime()
         log.warning("audit payload on %s refused: %s", msg.subject, rejected.reason)
         self.metrics.dead_letters.inc()
         await self.js.publish(subjects.AUDIT_DEAD_LETTER, letter.SerializeToString(), timeout=5)

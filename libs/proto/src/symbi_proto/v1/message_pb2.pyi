@@ -255,6 +255,7 @@ class SendResult(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     status: Global___DeliveryStatus.ValueType
     reason: Global___MessageRejectReason.ValueType
@@ -266,6 +267,10 @@ class SendResult(_message.Message):
     def retry_after(self) -> _duration_pb2.Duration:
         """Suggested wait before retrying (RATE_LIMITED)."""
 
+    @_builtins.property
+    def reply(self) -> Global___SecureMessage:
+        """An envelope for the sender from the router, e.g. a TopicKeyGrant."""
+
     def __init__(
         self,
         *,
@@ -275,14 +280,69 @@ class SendResult(_message.Message):
         detail: _builtins.str = ...,
         decision_id: _builtins.str = ...,
         retry_after: _duration_pb2.Duration | None = ...,
+        reply: Global___SecureMessage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply", "retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "detail", b"detail", "message_id", b"message_id", "reason", b"reason", "retry_after", b"retry_after", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "detail", b"detail", "message_id", b"message_id", "reason", b"reason", "reply", b"reply", "retry_after", b"retry_after", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendResult: _TypeAlias = SendResult  # noqa: Y015
+
+@_typing.final
+class TopicKeyRequest(_message.Message):
+    """Plaintext of a DIRECT envelope to the router asking for a topic's key
+    (content type "application/x-protobuf; type=symbi.v1.TopicKeyRequest").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopicKeyRequest: _TypeAlias = TopicKeyRequest  # noqa: Y015
+
+@_typing.final
+class TopicKeyGrant(_message.Message):
+    """Plaintext of the router's answer, sealed to the asking agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    epoch: _builtins.int
+    key: _builtins.bytes
+    """The 32-byte AES-256-GCM key of the topic at that epoch."""
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        key: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "key", b"key", "key_id", b"key_id", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopicKeyGrant: _TypeAlias = TopicKeyGrant  # noqa: Y015
 
 @_typing.final
 class MessageRejected(_message.Message):
