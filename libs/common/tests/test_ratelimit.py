@@ -54,7 +54,9 @@ async def test_all_buckets_charged_or_none(client: aioredis.Redis) -> None:
     assert not refused.allowed
     assert refused.key == narrow.key
     # The refused call took nothing from the wide bucket: 99 remain, not 98.
-    tokens = float(await client.hget(f"symbi:ratelimit:{wide.key}", "tokens"))  # type: ignore[misc]
+    raw = await client.hget(f"symbi:ratelimit:{wide.key}", "tokens")
+    assert raw is not None
+    tokens = float(raw)
     assert 98.9 < tokens < 99.5
 
 
