@@ -174,8 +174,19 @@ def nats_server_binary() -> Path:
     return path
 
 
-def start_nats(data_dir: Path, *, host: str = "127.0.0.1", port: int = -1, timeout_s: float = 20.0) -> EmbeddedServer:
-    """Start nats-server with JetStream under ``data_dir``; ``port=-1`` lets the server pick a free one."""
+def start_nats(
+    data_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = -1,
+    timeout_s: float = 20.0,
+    config: str = "",
+) -> EmbeddedServer:
+    """Start nats-server with JetStream under ``data_dir``; ``port=-1`` lets the server pick a free one.
+
+    ``config``: extra configuration file text, e.g. ``BrokerAuthority.server_config()``
+    for operator-mode (JWT) authorization; written to ``data_dir/nats.conf``.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     ports_dir = data_dir / "ports"
     ports_dir.mkdir(exist_ok=True)
@@ -183,6 +194,11 @@ def start_nats(data_dir: Path, *, host: str = "127.0.0.1", port: int = -1, timeo
         str(nats_server_binary()), "-js", "-a", host, "-p", str(port),
         "-sd", str(data_dir / "jetstream"), "--ports_file_dir", str(ports_dir),
     ]  # fmt: skip
+    if config:
+        conf = data_dir / "nats.conf"
+        conf.write_text(config)
+        conf.chmod(0o600)
+        argv += ["-c", str(conf)]
     proc = ManagedProcess("nats-server", argv, data_dir / "nats-server.log")
     proc.start()
     ports_file = ports_dir / f"nats-server_{proc.pid}.ports"

@@ -145,6 +145,10 @@ def _pair_key(
     return SymmetricKey(f"pair:{epoch}:{hashlib.sha256(key).hexdigest()[:16]}", key)
 
 
+def topic_key_id(topic: str, epoch: int) -> str:
+    return f"topic:{topic}:{epoch}"
+
+
 class TopicKeyring:
     """Topic keys by topic and epoch; ``rotate`` starts a new epoch, old ones still decrypt."""
 
@@ -163,7 +167,7 @@ class TopicKeyring:
     def add(self, topic: str, epoch: int, key: bytes) -> SymmetricKey:
         if len(key) != KEY_BYTES:
             raise ValueError("a topic key is 32 bytes")
-        entry = SymmetricKey(f"topic:{topic}:{epoch}", key)
+        entry = SymmetricKey(topic_key_id(topic, epoch), key)
         self._keys[entry.key_id] = entry
         current = self._current.get(topic)
         if current is None or int(current.rsplit(":", 1)[1]) < epoch:
@@ -172,6 +176,11 @@ class TopicKeyring:
 
     def get(self, key_id: str) -> SymmetricKey | None:
         return self._keys.get(key_id)
+
+    def get_current(self, topic: str) -> SymmetricKey | None:
+        """The newest key of ``topic`` held here, or None (``current`` would make one)."""
+        key_id = self._current.get(topic)
+        return self._keys[key_id] if key_id else None
 
 
 def signed_bytes(header_bytes: bytes, ciphertext: bytes) -> bytes:
@@ -229,13 +238,98 @@ class Opened:
 KeyLookup = Callable[[message_pb2.MessageHeader], SymmetricKey | None]
 
 
+def parse_wire(data: bytes, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> message_pb2.SecureMessage:
+    """Parse an envelope from the wire: size (OVERSIZED), protobuf and canonical encoding (MALFORMED)."""
+    if len(data) > max_payload_bytes + 4096:
+        raise EnvelopeRejected(message_pb2.MESSAGE_REJECT_REASON_OVERSIZED, f"envelope of {len(data)} bytes")
+    message = message_pb2.SecureMessage()
+    try:
+        message.ParseFromString(data)
+    except DecodeError:
+        raise EnvelopeRejected(message_pb2.MESSAGE_REJECT_REASON_MALFORMED, "not a SecureMessage") from None
+    if message.SerializeToString(deterministic=True) != data:
+        # Only the canonical encoding is accepted: no two byte strings carry the same
+        # envelope (e.g. an int32 varint with extra high bits parses to the same value).
+        raise _reject(message_pb2.MESSAGE_REJECT_REASON_MALFORMED, "not canonically encoded", message.header)
+    return message
+
+
+def check_shape(message: message_pb2.SecureMessage, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+    """Size (OVERSIZED), unknown fields, version, nonce and signature lengths, required fields (MALFORMED)."""
+    header = message.header
+    malformed = message_pb2.MESSAGE_REJECT_REASON_MALFORMED
+    if len(message.ciphertext) > max_payload_bytes + 16:
+        raise _reject(message_pb2.MESSAGE_REJECT_REASON_OVERSIZED, f"payload over {max_payload_bytes} bytes", header)
+    if _has_unknown_fields(message):
+        raise _reject(malformed, "envelope carries unknown fields", header)
+    if header.envelope_version != ENVELOPE_VERSION:
+        raise _reject(malformed, f"unsupported envelope_version {header.envelope_version}", header)
+    if len(header.nonce) != NONCE_BYTES or len(message.signature) != SIGNATURE_BYTES:
+        raise _reject(malformed, "nonce must be 12 bytes and signature 64 bytes", header)
+    if not header.message_id or not header.sender or not header.HasField("timestamp") or len(message.ciphertext) < 16:
+        raise _reject(malformed, "message_id, sender, timestamp and ciphertext are required", header)
+    if header.kind not in _KINDS:
+        raise _reject(malformed, f"unknown message kind {header.kind}", header)
+
+
+_KINDS = frozenset(
+    {
+        message_pb2.MESSAGE_KIND_DIRECT,
+        message_pb2.MESSAGE_KIND_TOPIC,
+        message_pb2.MESSAGE_KIND_REQUEST,
+        message_pb2.MESSAGE_KIND_REPLY,
+    }
+)
+
+
+def verify_signature(message: message_pb2.SecureMessage, identity: agent_pb2.AgentIdentity | None) -> bytes:
+    """Check the sender's Ed25519 signature (UNKNOWN_SENDER, BAD_SIGNATURE); returns the header bytes."""
+    header = message.header
+    if identity is None:
+        raise _reject(message_pb2.MESSAGE_REJECT_REASON_UNKNOWN_SENDER, f"unknown sender {header.sender!r}", header)
+    if identity.key_id != header.signing_key_id:
+        raise _reject(
+            message_pb2.MESSAGE_REJECT_REASON_BAD_SIGNATURE,
+            f"signing key {header.signing_key_id!r} is not {header.sender}'s current key",
+            header,
+        )
+    header_bytes = header.SerializeToString(deterministic=True)
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes(identity.signing_public_key)).verify(
+            message.signature, signed_bytes(header_bytes, message.ciphertext)
+        )
+    except (InvalidSignature, ValueError):
+        raise _reject(message_pb2.MESSAGE_REJECT_REASON_BAD_SIGNATURE, "signature does not verify", header) from None
+    return header_bytes
+
+
+def check_time(header: message_pb2.MessageHeader, now: float, max_skew_s: float) -> None:
+    """Timestamp within ``max_skew_s`` of ``now`` (STALE) and not past ``expires_at`` (EXPIRED)."""
+    sent = header.timestamp.ToNanoseconds() / 1e9
+    if abs(now - sent) > max_skew_s:
+        raise _reject(message_pb2.MESSAGE_REJECT_REASON_STALE, f"sent {now - sent:+.0f}s from now", header)
+    if header.HasField("expires_at") and header.expires_at.ToNanoseconds() / 1e9 <= now:
+        raise _reject(message_pb2.MESSAGE_REJECT_REASON_EXPIRED, "expired before delivery", header)
+
+
+def decrypt(message: message_pb2.SecureMessage, key: SymmetricKey | None, header_bytes: bytes) -> bytes:
+    """AES-256-GCM decryption with the header as associated data (DECRYPT_FAILED)."""
+    header = message.header
+    if key is None or key.key_id != header.key_id:
+        raise _reject(message_pb2.MESSAGE_REJECT_REASON_DECRYPT_FAILED, f"no key {header.key_id!r}", header)
+    try:
+        return AESGCM(key.key).decrypt(header.nonce, message.ciphertext, header_bytes)
+    except InvalidTag:
+        raise _reject(message_pb2.MESSAGE_REJECT_REASON_DECRYPT_FAILED, "authentication tag mismatch", header) from None
+
+
 class EnvelopeOpener:
     """Verifies and decrypts envelopes addressed to one agent (or its topics)."""
 
     def __init__(
         self,
         directory: Directory,
-        replay: ReplayCache,
+        replay: ReplayCache | None,
         keys: KeyLookup,
         *,
         recipient: str = "",
@@ -251,83 +345,31 @@ class EnvelopeOpener:
         self.max_payload_bytes = max_payload_bytes
         self.clock = clock
 
-    async def open_bytes(self, data: bytes) -> Opened:
-        if len(data) > self.max_payload_bytes + 4096:
-            raise EnvelopeRejected(message_pb2.MESSAGE_REJECT_REASON_OVERSIZED, f"envelope of {len(data)} bytes")
-        message = message_pb2.SecureMessage()
-        try:
-            message.ParseFromString(data)
-        except DecodeError:
-            raise EnvelopeRejected(message_pb2.MESSAGE_REJECT_REASON_MALFORMED, "not a SecureMessage") from None
-        if message.SerializeToString(deterministic=True) != data:
-            # Only the canonical encoding is accepted: no two byte strings carry the same
-            # envelope (e.g. an int32 varint with extra high bits parses to the same value).
-            raise _reject(message_pb2.MESSAGE_REJECT_REASON_MALFORMED, "not canonically encoded", message.header)
-        return await self.open(message)
+    async def open_bytes(self, data: bytes, *, now: float | None = None, replay: bool = True) -> Opened:
+        return await self.open(parse_wire(data, self.max_payload_bytes), now=now, replay=replay)
 
-    async def open(self, message: message_pb2.SecureMessage) -> Opened:
+    async def open(
+        self, message: message_pb2.SecureMessage, *, now: float | None = None, replay: bool = True
+    ) -> Opened:
+        """All checks, then decryption.
+
+        ``now``: the time to judge the timestamp against (default: the clock); a receiver
+        of a durable message passes the time the broker stored it. ``replay=False`` leaves
+        the replay check to the caller (durable inboxes dedup by message id themselves).
+        """
         header = message.header
-        self._check_shape(message)
-        identity = self.directory.identity(header.sender)
-        if identity is None:
-            raise _reject(message_pb2.MESSAGE_REJECT_REASON_UNKNOWN_SENDER, f"unknown sender {header.sender!r}", header)
-        if identity.key_id != header.signing_key_id:
-            raise _reject(
-                message_pb2.MESSAGE_REJECT_REASON_BAD_SIGNATURE,
-                f"signing key {header.signing_key_id!r} is not {header.sender}'s current key",
-                header,
-            )
-        header_bytes = header.SerializeToString(deterministic=True)
-        try:
-            Ed25519PublicKey.from_public_bytes(bytes(identity.signing_public_key)).verify(
-                message.signature, signed_bytes(header_bytes, message.ciphertext)
-            )
-        except (InvalidSignature, ValueError):
-            raise _reject(
-                message_pb2.MESSAGE_REJECT_REASON_BAD_SIGNATURE, "signature does not verify", header
-            ) from None
+        check_shape(message, self.max_payload_bytes)
+        header_bytes = verify_signature(message, self.directory.identity(header.sender))
         self._check_addressing(header)
-        now = self.clock()
-        sent = header.timestamp.ToNanoseconds() / 1e9
-        if abs(now - sent) > self.max_skew_s:
-            raise _reject(message_pb2.MESSAGE_REJECT_REASON_STALE, f"sent {now - sent:+.0f}s from now", header)
-        if header.HasField("expires_at") and header.expires_at.ToNanoseconds() / 1e9 <= now:
-            raise _reject(message_pb2.MESSAGE_REJECT_REASON_EXPIRED, "expired before delivery", header)
-        window = 2 * self.max_skew_s
-        nonce_seen = await self.replay.seen(f"nonce:{header.nonce.hex()}", window)
-        if await self.replay.seen(f"msg:{header.message_id}", window) or nonce_seen:
-            raise _reject(message_pb2.MESSAGE_REJECT_REASON_REPLAY, f"message {header.message_id} seen before", header)
-        key = self.keys(header)
-        if key is None or key.key_id != header.key_id:
-            raise _reject(message_pb2.MESSAGE_REJECT_REASON_DECRYPT_FAILED, f"no key {header.key_id!r}", header)
-        try:
-            plaintext = AESGCM(key.key).decrypt(header.nonce, message.ciphertext, header_bytes)
-        except InvalidTag:
-            raise _reject(
-                message_pb2.MESSAGE_REJECT_REASON_DECRYPT_FAILED, "authentication tag mismatch", header
-            ) from None
-        return Opened(header, plaintext)
-
-    def _check_shape(self, message: message_pb2.SecureMessage) -> None:
-        header = message.header
-        malformed = message_pb2.MESSAGE_REJECT_REASON_MALFORMED
-        if len(message.ciphertext) > self.max_payload_bytes + 16:
-            raise _reject(
-                message_pb2.MESSAGE_REJECT_REASON_OVERSIZED, f"payload over {self.max_payload_bytes} bytes", header
-            )
-        if _has_unknown_fields(message):
-            raise _reject(malformed, "envelope carries unknown fields", header)
-        if header.envelope_version != ENVELOPE_VERSION:
-            raise _reject(malformed, f"unsupported envelope_version {header.envelope_version}", header)
-        if len(header.nonce) != NONCE_BYTES or len(message.signature) != SIGNATURE_BYTES:
-            raise _reject(malformed, "nonce must be 12 bytes and signature 64 bytes", header)
-        if (
-            not header.message_id
-            or not header.sender
-            or not header.HasField("timestamp")
-            or len(message.ciphertext) < 16
-        ):
-            raise _reject(malformed, "message_id, sender, timestamp and ciphertext are required", header)
+        check_time(header, self.clock() if now is None else now, self.max_skew_s)
+        if replay and self.replay is not None:
+            window = 2 * self.max_skew_s
+            nonce_seen = await self.replay.seen(f"nonce:{header.nonce.hex()}", window)
+            if await self.replay.seen(f"msg:{header.message_id}", window) or nonce_seen:
+                raise _reject(
+                    message_pb2.MESSAGE_REJECT_REASON_REPLAY, f"message {header.message_id} seen before", header
+                )
+        return Opened(header, decrypt(message, self.keys(header), header_bytes))
 
     def _check_addressing(self, header: message_pb2.MessageHeader) -> None:
         if not self.recipient or header.kind == message_pb2.MESSAGE_KIND_TOPIC:

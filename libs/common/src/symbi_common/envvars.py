@@ -74,6 +74,56 @@ REGISTRY: tuple[EnvVar, ...] = (
     EnvVar("SYMBI_NATS_URL", "nats.url", "NATS server URL(s), comma-separated."),
     EnvVar("SYMBI_NATS_CONNECT_TIMEOUT_S", "nats.connect_timeout_s", "Deadline to reach NATS at start-up, in seconds."),
     EnvVar("SYMBI_NATS_REQUEST_TIMEOUT_S", "nats.request_timeout_s", "Default request-reply timeout, in seconds."),
+    EnvVar(
+        "SYMBI_NATS_CREDENTIALS",
+        "nats.credentials",
+        "`.creds` file (user JWT and NKey seed) for brokers that authenticate users.",
+        secret=True,
+    ),
+    EnvVar("SYMBI_MESSAGING_MAX_PAYLOAD_BYTES", "messaging.max_payload_bytes", "Largest message payload accepted."),
+    EnvVar(
+        "SYMBI_MESSAGING_MAX_CLOCK_SKEW_S",
+        "messaging.max_clock_skew_s",
+        "Envelope timestamps further than this from the receiver's clock are refused.",
+    ),
+    EnvVar(
+        "SYMBI_MESSAGING_INBOX_MAX_DELIVER",
+        "messaging.inbox_max_deliver",
+        "Deliveries of a direct message before it becomes a dead letter.",
+    ),
+    EnvVar(
+        "SYMBI_MESSAGING_INBOX_ACK_WAIT_S",
+        "messaging.inbox_ack_wait_s",
+        "Time a receiver has to acknowledge a direct message before it is redelivered.",
+    ),
+    EnvVar(
+        "SYMBI_MESSAGING_INBOX_MAX_AGE_S", "messaging.inbox_max_age_s", "How long undelivered direct messages wait."
+    ),
+    EnvVar(
+        "SYMBI_MESSAGING_INBOX_MAX_MESSAGES",
+        "messaging.inbox_max_messages",
+        "Messages waiting in one inbox before new ones are refused.",
+    ),
+    EnvVar(
+        "SYMBI_MESSAGING_RATE_LIMIT_PER_S",
+        "messaging.rate_limit_per_s",
+        "Default messages per second per sending agent; 0 leaves only policy limits.",
+    ),
+    EnvVar("SYMBI_MESSAGING_RATE_LIMIT_BURST", "messaging.rate_limit_burst", "Burst of the default per-agent limit."),
+    EnvVar(
+        "SYMBI_MESSAGING_CREDENTIALS_TTL_S", "messaging.credentials_ttl_s", "Lifetime of agents' broker credentials."
+    ),
+    EnvVar(
+        "SYMBI_MESSAGING_ISSUER_FILE",
+        "messaging.issuer_file",
+        "Broker-auth issuer file (account and signing seed) used to give agents their own NATS users.",
+        secret=True,
+    ),
+    EnvVar(
+        "SYMBI_MESSAGING_ROUTER_VERIFY",
+        "messaging.router_verify",
+        "`auto` (router verifies signatures only when the broker does not authenticate) or `always`.",
+    ),
     EnvVar("SYMBI_REDIS_URL", "redis.url", "Redis/Valkey URL."),
     EnvVar("SYMBI_POLICY_ADDR", "policy.addr", "host:port of the policy gRPC service, for its clients."),
     EnvVar("SYMBI_POLICY_HOST", "policy.host", "Address the policy service binds for gRPC."),

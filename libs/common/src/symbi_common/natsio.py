@@ -20,7 +20,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from google.protobuf.message import DecodeError, Message
-from nats.aio.client import Client
+from nats.aio.client import Client, RawCredentials
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
@@ -31,9 +31,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from symbi_common import telemetry
 from symbi_common.errors import (
+    ConfigError,
     DeadlineExceededError,
     InternalError,
     InvalidArgumentError,
+    PermissionDeniedError,
     SymbiError,
     UnavailableError,
     from_detail,
@@ -63,9 +65,30 @@ class ConnectionEvents:
     on_error: Callable[[BaseException], None] = lambda exc: None
 
 
-async def connect(settings: NatsSettings, name: str, events: ConnectionEvents | None = None) -> Client:
-    """Connect to NATS, retrying until ``connect_timeout_s``; reconnect forever afterwards."""
+async def connect(
+    settings: NatsSettings,
+    name: str,
+    events: ConnectionEvents | None = None,
+    *,
+    credentials: str | None = None,
+    inbox_prefix: str | None = None,
+) -> Client:
+    """Connect to NATS, retrying until ``connect_timeout_s``; reconnect forever afterwards.
+
+    Authentication: ``credentials`` (the text of a ``.creds`` file), else the file in
+    ``settings.credentials``, else none. A refused authentication is not retried.
+    ``inbox_prefix``: reply subjects under this prefix (agents may only use their own).
+    """
     ev = events or ConnectionEvents()
+    auth: dict[str, object] = {}
+    if credentials is not None:
+        auth["user_credentials"] = RawCredentials(credentials)
+    elif settings.credentials is not None:
+        if not settings.credentials.is_file():
+            raise ConfigError(f"[nats].credentials: no such file {settings.credentials}")
+        auth["user_credentials"] = str(settings.credentials)
+    if inbox_prefix is not None:
+        auth["inbox_prefix"] = inbox_prefix
 
     async def error_cb(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
@@ -99,11 +122,16 @@ async def connect(settings: NatsSettings, name: str, events: ConnectionEvents | 
                     error_cb=error_cb,
                     disconnected_cb=disconnected_cb,
                     reconnected_cb=reconnected_cb,
+                    **auth,
                 ),
                 timeout=settings.connect_timeout_s,
             )
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
             raise UnavailableError(f"cannot reach NATS at {settings.url}: {exc}") from exc
+        except nats.errors.Error as exc:
+            if "authorization" in str(exc).lower() or "authentication" in str(exc).lower():
+                raise PermissionDeniedError(f"NATS at {settings.url} refused the credentials: {exc}") from None
+            raise UnavailableError(f"cannot connect to NATS at {settings.url}: {exc}") from exc
         nc.options["max_reconnect_attempts"] = -1  # once connected, reconnect for ever
         nc.options["reconnect_time_wait"] = 0.5
         connected[:] = [nc]
@@ -113,7 +141,7 @@ async def connect(settings: NatsSettings, name: str, events: ConnectionEvents | 
     return await retry(attempt, policy, what=f"connect to NATS at {settings.url}")
 
 
-def _map_nats_error(exc: BaseException, subject: str, timeout: float) -> SymbiError:
+def map_error(exc: BaseException, subject: str, timeout: float) -> SymbiError:
     if isinstance(exc, nats.errors.NoRespondersError):
         return UnavailableError(f"no service is listening on {subject}")
     if isinstance(exc, (nats.errors.TimeoutError, TimeoutError)):
@@ -151,10 +179,10 @@ async def request(
                 break
             except nats.errors.NoRespondersError as exc:
                 if pause is None or time.monotonic() + pause >= deadline:
-                    raise _map_nats_error(exc, subject, timeout) from exc
+                    raise map_error(exc, subject, timeout) from exc
                 await asyncio.sleep(pause)
             except Exception as exc:
-                raise _map_nats_error(exc, subject, timeout) from exc
+                raise map_error(exc, subject, timeout) from exc
         return decode_reply(reply, response_type, subject)
 
 
@@ -257,6 +285,51 @@ async def serve(
     Requests are handled one at a time, or concurrently (up to its limit) in ``inflight``.
     """
 
+    async def handle(msg: Msg, headers: dict[str, str]) -> tuple[bytes, str]:
+        return await _handle(msg, headers, request_type, handler)
+
+    return await _subscribe(nc, subject, handle, metrics=metrics, queue=queue, on_error=on_error, inflight=inflight)
+
+
+RawHandler = Callable[[bytes, RequestMeta], Awaitable[Message]]
+
+
+async def serve_raw(
+    nc: Client,
+    subject: str,
+    handler: RawHandler,
+    *,
+    metrics: RequestMetrics | None = None,
+    queue: str = "",
+    on_error: Callable[[str, BaseException], None] | None = None,
+    inflight: InFlight | None = None,
+) -> Subscription:
+    """Like ``serve``, but the handler parses the request bytes itself (and answers every input)."""
+
+    async def handle(msg: Msg, headers: dict[str, str]) -> tuple[bytes, str]:
+        try:
+            response = await handler(msg.data, RequestMeta(msg.subject, headers))
+        except SymbiError as exc:
+            return exc.to_detail().SerializeToString(), exc.code
+        except Exception as exc:
+            log.exception("handler for %s failed", msg.subject)
+            err = from_exception(exc)
+            return err.to_detail().SerializeToString(), err.code
+        return response.SerializeToString(), STATUS_OK
+
+    return await _subscribe(nc, subject, handle, metrics=metrics, queue=queue, on_error=on_error, inflight=inflight)
+
+
+async def _subscribe(
+    nc: Client,
+    subject: str,
+    handle: Callable[[Msg, dict[str, str]], Awaitable[tuple[bytes, str]]],
+    *,
+    metrics: RequestMetrics | None,
+    queue: str,
+    on_error: Callable[[str, BaseException], None] | None,
+    inflight: InFlight | None,
+) -> Subscription:
     async def respond(msg: Msg) -> None:
         if not msg.reply:
             log.warning("dropping request on %s without a reply subject", msg.subject)
@@ -267,7 +340,7 @@ async def serve(
         outcome = "ok"
         try:
             with telemetry.tracer().start_as_current_span(f"handle {subject}", kind=trace.SpanKind.SERVER):
-                body, status = await _handle(msg, headers, request_type, handler)
+                body, status = await handle(msg, headers)
                 outcome = status
                 await nc.publish(msg.reply, body, headers=telemetry.inject({STATUS_HEADER: status}))
         except Exception as exc:  # the reply itself failed: nothing more to tell the caller
@@ -320,7 +393,7 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     except SymbiError:
         raise
     except Exception as exc:
-        raise _map_nats_error(exc, f"$JS.API.STREAM.*.{name}", 0.0) from exc
+        raise map_error(exc, f"$JS.API.STREAM.*.{name}", 0.0) from exc
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig, name: str) -> None:
@@ -347,5 +420,5 @@ async def publish_durable(
     try:
         ack = await js.publish(subject, message.SerializeToString(), timeout=timeout, headers=headers)
     except Exception as exc:
-        raise _map_nats_error(exc, subject, timeout) from exc
+        raise map_error(exc, subject, timeout) from exc
     return int(ack.seq)

@@ -103,6 +103,22 @@ class ServiceContext:
         self.subscriptions.append(sub)
         return sub
 
+    async def serve_raw(
+        self, subject: str, handler: natsio.RawHandler, *, queue: str = "", concurrent: bool = False
+    ) -> Subscription:
+        """``serve`` for handlers that read the request bytes themselves."""
+        sub = await natsio.serve_raw(
+            self.nc,
+            subject,
+            handler,
+            metrics=self.request_metrics,
+            queue=queue,
+            on_error=lambda subj, exc: self.health.record_error(subj, repr(exc)),
+            inflight=self.inflight if concurrent else None,
+        )
+        self.subscriptions.append(sub)
+        return sub
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:

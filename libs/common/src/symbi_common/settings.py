@@ -73,6 +73,8 @@ class NatsSettings(_Section):
     url: str = "nats://127.0.0.1:4222"
     connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
     request_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    credentials: Path | None = None
+    """``.creds`` file (user JWT + NKey seed) when the server authenticates users; ``None``: connect without."""
 
     @property
     def servers(self) -> list[str]:
@@ -176,6 +178,32 @@ class SandboxSettings(_Section):
     """Images warm containers may use (each needs python3 for the waiting stub)."""
 
 
+class MessagingSettings(_Section):
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=900 * 1024)
+    """Largest message payload (plaintext) accepted; envelopes must also fit the server's max_payload (1 MiB)."""
+    max_clock_skew_s: float = Field(default=300.0, gt=0, le=3600)
+    """Envelopes whose timestamp is further than this from the receiver's clock are refused (STALE)."""
+    inbox_max_deliver: int = Field(default=5, ge=1, le=1000)
+    """Deliveries of a direct message before it becomes a dead letter (UNDELIVERABLE)."""
+    inbox_ack_wait_s: float = Field(default=30.0, gt=0, le=3600)
+    """How long a receiver has to acknowledge a direct message before it is delivered again."""
+    inbox_max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """How long an undelivered direct message waits in its recipient's inbox."""
+    inbox_max_messages: int = Field(default=100_000, gt=0)
+    """Messages waiting in one agent's inbox before new ones are refused."""
+    rate_limit_per_s: float = Field(default=50.0, ge=0)
+    """Default messages per second per sending agent (Redis token bucket); 0: only policy limits apply."""
+    rate_limit_burst: int = Field(default=100, ge=1)
+    credentials_ttl_s: float = Field(default=24 * 3600.0, gt=0, le=365 * 24 * 3600.0)
+    """Lifetime of an agent's broker credentials."""
+    issuer_file: Path | None = None
+    """Broker-auth issuer (account and signing seed, JSON) for agent credentials; ``None``: agents get no
+    broker users (only for brokers that do not authenticate)."""
+    router_verify: Literal["auto", "always"] = "auto"
+    """``auto``: the router checks signatures only when the broker does not prove the sender (no issuer);
+    ``always``: on every hop. Receivers always verify."""
+
+
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65_535)
@@ -199,6 +227,7 @@ class Settings(_Section):
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    messaging: MessagingSettings = Field(default_factory=MessagingSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 

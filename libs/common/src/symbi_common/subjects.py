@@ -101,10 +101,30 @@ def task_output(task_id: str) -> str:
 # Agents send every envelope as a request on their own out subject; the router checks
 # it and answers with a SendResult. Direct messages are stored in the INBOX stream at
 # their recipient's inbox subject; topics, requests and replies travel on core NATS.
+# Control requests (directory lookups, topic keys, rejection reports) go on the
+# agent's own ctl subjects. Broker permissions (natsauth) confine each agent to these.
 INBOX_STREAM = "INBOX"
 BUS_INBOXES = f"{PREFIX}.bus.inbox.>"
 BUS_OUT_ALL = f"{PREFIX}.bus.out.*"
+BUS_STATS = f"{PREFIX}.bus.stats"
+BUS_CREDENTIALS = f"{PREFIX}.lifecycle.bus_credentials"
 MESSAGE_DEAD_LETTER = f"{PREFIX}.deadletter.messages"
+
+
+AGENT_STATE_ALL = f"{PREFIX}.agent.*.state"
+BUS_ADVISORY_STREAM = "BUS_ADVISORIES"
+# JetStream advisories: a direct message delivered inbox_max_deliver times without success.
+BUS_MAX_DELIVERIES = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{INBOX_STREAM}.*"
+
+
+def bus_ctl_all(operation: str) -> str:
+    """Every agent's ``operation`` control subject (what the router subscribes to)."""
+    return f"{PREFIX}.bus.ctl.*.{token(operation)}"
+
+
+def bus_ctl(agent_id: str, operation: str) -> str:
+    """``symbi.bus.ctl.<agent>.<operation>``; ``operation`` may be ``*`` in permissions."""
+    return f"{PREFIX}.bus.ctl.{token(agent_id)}.{operation if operation == '*' else token(operation)}"
 
 
 def bus_out(agent_id: str) -> str:

@@ -9,6 +9,9 @@
 - ``fresh_policy_log``: an empty POLICY stream for the test, and none left behind.
 - ``fresh_audit_streams``: empty AUDIT and DEADLETTER streams and no writer lease, before and after.
 - ``fresh_redis``: an empty Redis database for the test, and none of its keys left behind.
+- ``secured_nats``: a second ``nats-server`` (session scope) with operator-mode (JWT)
+  authorization: services connect with ``service_creds``, agents with users issued by
+  ``issuer`` (``issuer_file`` for the lifecycle service).
 
 External servers: ``--nats-url``/``--redis-url`` or ``SYMBI_TEST_NATS_URL``/``SYMBI_TEST_REDIS_URL``.
 Every test has a time cap (``timeout`` in pytest config).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,7 +33,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from symbi_common import embedded, natsio, subjects
+from symbi_common import embedded, natsauth, natsio, subjects
 from symbi_common.service import ServiceRunner, ServiceSpec
 from symbi_common.settings import Settings
 from symbi_testing.streams import delete_stream
@@ -68,6 +72,33 @@ def nats_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="session")
 def redis_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from _server(request, "--redis-url", embedded.start_redis, tmp_path_factory.mktemp("redis"))
+
+
+@dataclass(frozen=True)
+class SecuredNats:
+    url: str
+    authority: natsauth.BrokerAuthority
+    service_creds: Path
+    issuer_file: Path
+
+    def settings(self, base: Settings) -> Settings:
+        """``base`` pointed at this server, with service credentials and the agent-credential issuer."""
+        return base.with_overrides(
+            {"nats.url": self.url, "nats.credentials": self.service_creds, "messaging.issuer_file": self.issuer_file}
+        )
+
+
+@pytest.fixture(scope="session")
+def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNats]:
+    base = tmp_path_factory.mktemp("secured-nats")
+    authority = natsauth.BrokerAuthority.load_or_create(base / "auth")
+    server = embedded.start_nats(base / "nats", config=authority.server_config())
+    creds = natsauth.write_creds(base / "auth" / "service.creds", authority.service_creds("pytest-services"))
+    issuer = authority.issuer.to_file(base / "auth" / "issuer.json")
+    try:
+        yield SecuredNats(server.url, authority, creds, issuer)
+    finally:
+        server.stop(5)
 
 
 @pytest.fixture(scope="session")

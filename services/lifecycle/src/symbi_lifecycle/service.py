@@ -7,6 +7,9 @@ them from overwriting each other.
 
 Requests (protobuf, see ``agent.proto``): ``create``, ``get``, ``list``,
 ``transition``, ``terminate``, ``history``, ``identity``, ``counts``.
+
+It also runs the message bus router (``symbi_lifecycle.bus``): agents' envelopes,
+their control requests and their bus credentials.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from symbi_common.health import DEGRADED, SERVING, CheckResult
 from symbi_common.policy_client import PolicyClient
 from symbi_common.service import ServiceContext, ServiceSpec
 from symbi_lifecycle import states
+from symbi_lifecycle.bus import service as bus
 from symbi_lifecycle.controller import Controller, LifecycleOptions
 from symbi_lifecycle.events import TransitionEvents
 from symbi_lifecycle.store import AgentStore
@@ -174,6 +178,17 @@ async def setup(ctx: ServiceContext) -> None:
 
     ctx.health.add_check("agents", agents_check)
     await LifecycleApi(controller, metrics).register(ctx)
+    # The bus asks policy on every message: its own client reuses decisions policies mark cacheable.
+    bus_policy = PolicyClient(
+        ctx.settings.policy.addr,
+        timeout_s=ctx.settings.policy.decision_timeout_s,
+        cache_size=ctx.settings.policy.cache_size,
+        enforce=ctx.settings.security.enforce_policies,
+        actor=ctx.instance_id,
+    )
+    ctx.stack.push_async_callback(bus_policy.close)
+    await bus_policy.watch(ctx.nc)
+    await bus.attach(ctx, store, redis, bus_policy)
 
 
 SPEC = ServiceSpec(name="lifecycle", summary="agent records and their state machine", setup=setup)

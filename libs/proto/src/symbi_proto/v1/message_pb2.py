@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from symbi_proto.v1 import agent_pb2 as symbi_dot_v1_dot_agent__pb2
 from symbi_proto.v1 import common_pb2 as symbi_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16symbi/v1/message.proto\x12\x08symbi.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15symbi/v1/common.proto\"\xd8\x02\n\rMessageHeader\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\r\n\x05topic\x18\x04 \x01(\t\x12#\n\x04kind\x18\x05 \x01(\x0e\x32\x15.symbi.v1.MessageKind\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x07 \x01(\x0c\x12\x0e\n\x06key_id\x18\x08 \x01(\t\x12\x16\n\x0esigning_key_id\x18\t \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\n \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x0b \x01(\t\x12.\n\nexpires_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x65nvelope_version\x18\r \x01(\r\"_\n\rSecureMessage\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.symbi.v1.MessageHeader\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xf6\x01\n\nSendResult\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.symbi.v1.DeliveryStatus\x12-\n\x06reason\x18\x03 \x01(\x0e\x32\x1d.symbi.v1.MessageRejectReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12.\n\x0bretry_after\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x05reply\x18\x07 \x01(\x0b\x32\x17.symbi.v1.SecureMessage\" \n\x0fTopicKeyRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"J\n\rTopicKeyGrant\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"\xb8\x01\n\x0fMessageRejected\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.symbi.v1.MessageHeader\x12-\n\x06reason\x18\x02 \x01(\x0e\x32\x1d.symbi.v1.MessageRejectReason\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x13\n\x0brejected_by\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x93\x01\n\x11\x42rokerPermissions\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x15\n\rpublish_allow\x18\x03 \x03(\t\x12\x17\n\x0fsubscribe_allow\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x02\n\x0eMessagingStats\x12\x0c\n\x04sent\x18\x01 \x01(\x04\x12\x11\n\tdelivered\x18\x02 \x01(\x04\x12\x10\n\x08rejected\x18\x03 \x01(\x04\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x04 \x01(\x04\x12J\n\x12rejected_by_reason\x18\x05 \x03(\x0b\x32..symbi.v1.MessagingStats.RejectedByReasonEntry\x12)\n\nlast_error\x18\x06 \x01(\x0b\x32\x15.symbi.v1.ErrorDetail\x1a\x37\n\x15RejectedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\x8e\x01\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_KIND_DIRECT\x10\x01\x12\x16\n\x12MESSAGE_KIND_TOPIC\x10\x02\x12\x18\n\x14MESSAGE_KIND_REQUEST\x10\x03\x12\x16\n\x12MESSAGE_KIND_REPLY\x10\x04*\x90\x04\n\x13MessageRejectReason\x12%\n!MESSAGE_REJECT_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fMESSAGE_REJECT_REASON_MALFORMED\x10\x01\x12\'\n#MESSAGE_REJECT_REASON_BAD_SIGNATURE\x10\x02\x12(\n$MESSAGE_REJECT_REASON_UNKNOWN_SENDER\x10\x03\x12 \n\x1cMESSAGE_REJECT_REASON_REPLAY\x10\x04\x12\x1f\n\x1bMESSAGE_REJECT_REASON_STALE\x10\x05\x12!\n\x1dMESSAGE_REJECT_REASON_EXPIRED\x10\x06\x12(\n$MESSAGE_REJECT_REASON_DECRYPT_FAILED\x10\x07\x12#\n\x1fMESSAGE_REJECT_REASON_OVERSIZED\x10\x08\x12+\n\'MESSAGE_REJECT_REASON_UNKNOWN_RECIPIENT\x10\t\x12\'\n#MESSAGE_REJECT_REASON_POLICY_DENIED\x10\n\x12&\n\"MESSAGE_REJECT_REASON_RATE_LIMITED\x10\x0b\x12\'\n#MESSAGE_REJECT_REASON_UNDELIVERABLE\x10\x0c*\xab\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45LIVERY_STATUS_ACCEPTED\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DELIVERED\x10\x02\x12\x1c\n\x18\x44\x45LIVERY_STATUS_REJECTED\x10\x03\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DUPLICATE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16symbi/v1/message.proto\x12\x08symbi.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14symbi/v1/agent.proto\x1a\x15symbi/v1/common.proto\"\xd8\x02\n\rMessageHeader\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\r\n\x05topic\x18\x04 \x01(\t\x12#\n\x04kind\x18\x05 \x01(\x0e\x32\x15.symbi.v1.MessageKind\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x07 \x01(\x0c\x12\x0e\n\x06key_id\x18\x08 \x01(\t\x12\x16\n\x0esigning_key_id\x18\t \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\n \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x0b \x01(\t\x12.\n\nexpires_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x65nvelope_version\x18\r \x01(\r\"_\n\rSecureMessage\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.symbi.v1.MessageHeader\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xd4\x01\n\nSendResult\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.symbi.v1.DeliveryStatus\x12-\n\x06reason\x18\x03 \x01(\x0e\x32\x1d.symbi.v1.MessageRejectReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12.\n\x0bretry_after\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationJ\x04\x08\x07\x10\x08\" \n\x0fTopicKeyRequest\x12\r\n\x05topic\x18\x01 \x01(\t\":\n\x10TopicKeyResponse\x12&\n\x05grant\x18\x01 \x01(\x0b\x32\x17.symbi.v1.SecureMessage\"J\n\rTopicKeyGrant\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"\xca\x01\n\x0fMessageRejected\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.symbi.v1.MessageHeader\x12-\n\x06reason\x18\x02 \x01(\x0e\x32\x1d.symbi.v1.MessageRejectReason\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x13\n\x0brejected_by\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65nvelope\x18\x06 \x01(\x0c\"w\n\x15\x42usCredentialsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0crequested_by\x18\x04 \x01(\t\"-\n\x0cTopicRefusal\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xfc\x02\n\x0e\x42usCredentials\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x1b\n\x13signing_private_key\x18\x04 \x01(\x0c\x12\x1d\n\x15\x61greement_private_key\x18\x05 \x01(\x0c\x12\x15\n\rnats_user_jwt\x18\x06 \x01(\t\x12\x16\n\x0enats_user_seed\x18\x07 \x01(\x0c\x12\x14\n\x0cinbox_prefix\x18\x08 \x01(\t\x12\x30\n\x0bpermissions\x18\t \x01(\x0b\x32\x1b.symbi.v1.BrokerPermissions\x12\'\n\x06router\x18\n \x01(\x0b\x32\x17.symbi.v1.AgentIdentity\x12.\n\x0erefused_topics\x18\x0b \x03(\x0b\x32\x16.symbi.v1.TopicRefusal\x12\x14\n\x0cinbox_stream\x18\x0c \x01(\t\x12\x16\n\x0einbox_consumer\x18\r \x01(\t\"\x11\n\x0f\x42usStatsRequest\"\x93\x01\n\x11\x42rokerPermissions\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x15\n\rpublish_allow\x18\x03 \x03(\t\x12\x17\n\x0fsubscribe_allow\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x02\n\x0eMessagingStats\x12\x0c\n\x04sent\x18\x01 \x01(\x04\x12\x11\n\tdelivered\x18\x02 \x01(\x04\x12\x10\n\x08rejected\x18\x03 \x01(\x04\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x04 \x01(\x04\x12J\n\x12rejected_by_reason\x18\x05 \x03(\x0b\x32..symbi.v1.MessagingStats.RejectedByReasonEntry\x12)\n\nlast_error\x18\x06 \x01(\x0b\x32\x15.symbi.v1.ErrorDetail\x1a\x37\n\x15RejectedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\x8e\x01\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_KIND_DIRECT\x10\x01\x12\x16\n\x12MESSAGE_KIND_TOPIC\x10\x02\x12\x18\n\x14MESSAGE_KIND_REQUEST\x10\x03\x12\x16\n\x12MESSAGE_KIND_REPLY\x10\x04*\xb7\x04\n\x13MessageRejectReason\x12%\n!MESSAGE_REJECT_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fMESSAGE_REJECT_REASON_MALFORMED\x10\x01\x12\'\n#MESSAGE_REJECT_REASON_BAD_SIGNATURE\x10\x02\x12(\n$MESSAGE_REJECT_REASON_UNKNOWN_SENDER\x10\x03\x12 \n\x1cMESSAGE_REJECT_REASON_REPLAY\x10\x04\x12\x1f\n\x1bMESSAGE_REJECT_REASON_STALE\x10\x05\x12!\n\x1dMESSAGE_REJECT_REASON_EXPIRED\x10\x06\x12(\n$MESSAGE_REJECT_REASON_DECRYPT_FAILED\x10\x07\x12#\n\x1fMESSAGE_REJECT_REASON_OVERSIZED\x10\x08\x12+\n\'MESSAGE_REJECT_REASON_UNKNOWN_RECIPIENT\x10\t\x12\'\n#MESSAGE_REJECT_REASON_POLICY_DENIED\x10\n\x12&\n\"MESSAGE_REJECT_REASON_RATE_LIMITED\x10\x0b\x12\'\n#MESSAGE_REJECT_REASON_UNDELIVERABLE\x10\x0c\x12%\n!MESSAGE_REJECT_REASON_UNAVAILABLE\x10\r*\xab\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45LIVERY_STATUS_ACCEPTED\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DELIVERED\x10\x02\x12\x1c\n\x18\x44\x45LIVERY_STATUS_REJECTED\x10\x03\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DUPLICATE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,28 +37,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MESSAGINGSTATS_REJECTEDBYREASONENTRY']._loaded_options = None
   _globals['_MESSAGINGSTATS_REJECTEDBYREASONENTRY']._serialized_options = b'8\001'
-  _globals['_MESSAGEKIND']._serialized_start=1533
-  _globals['_MESSAGEKIND']._serialized_end=1675
-  _globals['_MESSAGEREJECTREASON']._serialized_start=1678
-  _globals['_MESSAGEREJECTREASON']._serialized_end=2206
-  _globals['_DELIVERYSTATUS']._serialized_start=2209
-  _globals['_DELIVERYSTATUS']._serialized_end=2380
-  _globals['_MESSAGEHEADER']._serialized_start=125
-  _globals['_MESSAGEHEADER']._serialized_end=469
-  _globals['_SECUREMESSAGE']._serialized_start=471
-  _globals['_SECUREMESSAGE']._serialized_end=566
-  _globals['_SENDRESULT']._serialized_start=569
-  _globals['_SENDRESULT']._serialized_end=815
-  _globals['_TOPICKEYREQUEST']._serialized_start=817
-  _globals['_TOPICKEYREQUEST']._serialized_end=849
-  _globals['_TOPICKEYGRANT']._serialized_start=851
-  _globals['_TOPICKEYGRANT']._serialized_end=925
-  _globals['_MESSAGEREJECTED']._serialized_start=928
-  _globals['_MESSAGEREJECTED']._serialized_end=1112
-  _globals['_BROKERPERMISSIONS']._serialized_start=1115
-  _globals['_BROKERPERMISSIONS']._serialized_end=1262
-  _globals['_MESSAGINGSTATS']._serialized_start=1265
-  _globals['_MESSAGINGSTATS']._serialized_end=1530
-  _globals['_MESSAGINGSTATS_REJECTEDBYREASONENTRY']._serialized_start=1475
-  _globals['_MESSAGINGSTATS_REJECTEDBYREASONENTRY']._serialized_end=1530
+  _globals['_MESSAGEKIND']._serialized_start=2169
+  _globals['_MESSAGEKIND']._serialized_end=2311
+  _globals['_MESSAGEREJECTREASON']._serialized_start=2314
+  _globals['_MESSAGEREJECTREASON']._serialized_end=2881
+  _globals['_DELIVERYSTATUS']._serialized_start=2884
+  _globals['_DELIVERYSTATUS']._serialized_end=3055
+  _globals['_MESSAGEHEADER']._serialized_start=147
+  _globals['_MESSAGEHEADER']._serialized_end=491
+  _globals['_SECUREMESSAGE']._serialized_start=493
+  _globals['_SECUREMESSAGE']._serialized_end=588
+  _globals['_SENDRESULT']._serialized_start=591
+  _globals['_SENDRESULT']._serialized_end=803
+  _globals['_TOPICKEYREQUEST']._serialized_start=805
+  _globals['_TOPICKEYREQUEST']._serialized_end=837
+  _globals['_TOPICKEYRESPONSE']._serialized_start=839
+  _globals['_TOPICKEYRESPONSE']._serialized_end=897
+  _globals['_TOPICKEYGRANT']._serialized_start=899
+  _globals['_TOPICKEYGRANT']._serialized_end=973
+  _globals['_MESSAGEREJECTED']._serialized_start=976
+  _globals['_MESSAGEREJECTED']._serialized_end=1178
+  _globals['_BUSCREDENTIALSREQUEST']._serialized_start=1180
+  _globals['_BUSCREDENTIALSREQUEST']._serialized_end=1299
+  _globals['_TOPICREFUSAL']._serialized_start=1301
+  _globals['_TOPICREFUSAL']._serialized_end=1346
+  _globals['_BUSCREDENTIALS']._serialized_start=1349
+  _globals['_BUSCREDENTIALS']._serialized_end=1729
+  _globals['_BUSSTATSREQUEST']._serialized_start=1731
+  _globals['_BUSSTATSREQUEST']._serialized_end=1748
+  _globals['_BROKERPERMISSIONS']._serialized_start=1751
+  _globals['_BROKERPERMISSIONS']._serialized_end=1898
+  _globals['_MESSAGINGSTATS']._serialized_start=1901
+  _globals['_MESSAGINGSTATS']._serialized_end=2166
+  _globals['_MESSAGINGSTATS_REJECTEDBYREASONENTRY']._serialized_start=2111
+  _globals['_MESSAGINGSTATS_REJECTEDBYREASONENTRY']._serialized_end=2166
 # @@protoc_insertion_point(module_scope)

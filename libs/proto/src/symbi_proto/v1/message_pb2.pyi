@@ -12,6 +12,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from symbi_proto.v1 import agent_pb2 as _agent_pb2
 from symbi_proto.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -75,6 +76,10 @@ class _MessageRejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_M
     MESSAGE_REJECT_REASON_RATE_LIMITED: _MessageRejectReason.ValueType  # 11
     MESSAGE_REJECT_REASON_UNDELIVERABLE: _MessageRejectReason.ValueType  # 12
     """Redelivery attempts exhausted; parked as a dead letter."""
+    MESSAGE_REJECT_REASON_UNAVAILABLE: _MessageRejectReason.ValueType  # 13
+    """The router could not decide (policy, rate limiter, replay cache or audit
+    unavailable): refused, fail closed.
+    """
 
 class MessageRejectReason(_MessageRejectReason, metaclass=_MessageRejectReasonEnumTypeWrapper):
     """Why a message was not delivered or was refused by its receiver. Each reason is
@@ -98,6 +103,10 @@ MESSAGE_REJECT_REASON_POLICY_DENIED: MessageRejectReason.ValueType  # 10
 MESSAGE_REJECT_REASON_RATE_LIMITED: MessageRejectReason.ValueType  # 11
 MESSAGE_REJECT_REASON_UNDELIVERABLE: MessageRejectReason.ValueType  # 12
 """Redelivery attempts exhausted; parked as a dead letter."""
+MESSAGE_REJECT_REASON_UNAVAILABLE: MessageRejectReason.ValueType  # 13
+"""The router could not decide (policy, rate limiter, replay cache or audit
+unavailable): refused, fail closed.
+"""
 Global___MessageRejectReason: _TypeAlias = MessageRejectReason  # noqa: Y015
 
 class _DeliveryStatus:
@@ -255,7 +264,6 @@ class SendResult(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_FIELD_NUMBER: _builtins.int
-    REPLY_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     status: Global___DeliveryStatus.ValueType
     reason: Global___MessageRejectReason.ValueType
@@ -267,10 +275,6 @@ class SendResult(_message.Message):
     def retry_after(self) -> _duration_pb2.Duration:
         """Suggested wait before retrying (RATE_LIMITED)."""
 
-    @_builtins.property
-    def reply(self) -> Global___SecureMessage:
-        """An envelope for the sender from the router, e.g. a TopicKeyGrant."""
-
     def __init__(
         self,
         *,
@@ -280,11 +284,10 @@ class SendResult(_message.Message):
         detail: _builtins.str = ...,
         decision_id: _builtins.str = ...,
         retry_after: _duration_pb2.Duration | None = ...,
-        reply: Global___SecureMessage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply", "retry_after", b"retry_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "detail", b"detail", "message_id", b"message_id", "reason", b"reason", "reply", b"reply", "retry_after", b"retry_after", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "detail", b"detail", "message_id", b"message_id", "reason", b"reason", "retry_after", b"retry_after", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,8 +295,9 @@ Global___SendResult: _TypeAlias = SendResult  # noqa: Y015
 
 @_typing.final
 class TopicKeyRequest(_message.Message):
-    """Plaintext of a DIRECT envelope to the router asking for a topic's key
-    (content type "application/x-protobuf; type=symbi.v1.TopicKeyRequest").
+    """An agent asks the router for a topic's current key (symbi.bus.ctl.<agent>.topic_key).
+    Granted only when policy lets the agent subscribe to the topic (message_send,
+    operation "subscribe").
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -314,8 +318,32 @@ class TopicKeyRequest(_message.Message):
 Global___TopicKeyRequest: _TypeAlias = TopicKeyRequest  # noqa: Y015
 
 @_typing.final
+class TopicKeyResponse(_message.Message):
+    """The router's answer: a DIRECT envelope from the router to the agent whose
+    plaintext is a TopicKeyGrant (sealed with their pairwise key).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def grant(self) -> Global___SecureMessage: ...
+    def __init__(
+        self,
+        *,
+        grant: Global___SecureMessage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopicKeyResponse: _TypeAlias = TopicKeyResponse  # noqa: Y015
+
+@_typing.final
 class TopicKeyGrant(_message.Message):
-    """Plaintext of the router's answer, sealed to the asking agent."""
+    """Plaintext of the router's grant."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -355,10 +383,13 @@ class MessageRejected(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     REJECTED_BY_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FIELD_NUMBER: _builtins.int
     reason: Global___MessageRejectReason.ValueType
     detail: _builtins.str
     rejected_by: _builtins.str
-    """Instance id of the component that refused it (router, receiver)."""
+    """Instance id of the component that refused it (router), or the receiving agent's id."""
+    envelope: _builtins.bytes
+    """The refused envelope as received (receivers' reports; kept as a dead letter)."""
     @_builtins.property
     def header(self) -> Global___MessageHeader:
         """Header of the refused envelope, when it could be parsed."""
@@ -373,14 +404,163 @@ class MessageRejected(_message.Message):
         detail: _builtins.str = ...,
         rejected_by: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        envelope: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "header", b"header", "reason", b"reason", "rejected_by", b"rejected_by", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "envelope", b"envelope", "header", b"header", "reason", b"reason", "rejected_by", b"rejected_by", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MessageRejected: _TypeAlias = MessageRejected  # noqa: Y015
+
+@_typing.final
+class BusCredentialsRequest(_message.Message):
+    """Ask the lifecycle service for an agent's bus credentials
+    (symbi.lifecycle.bus_credentials; services only, never agents).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TOPICS_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    requested_by: _builtins.str
+    """Who asks (a service instance or an operator), for the audit record."""
+    @_builtins.property
+    def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Topics the agent wants to subscribe to; each is a policy decision."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """Lifetime of the broker credentials; the configured default when unset."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        topics: _abc.Iterable[_builtins.str] | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "requested_by", b"requested_by", "topics", b"topics", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BusCredentialsRequest: _TypeAlias = BusCredentialsRequest  # noqa: Y015
+
+@_typing.final
+class TopicRefusal(_message.Message):
+    """A topic left out of an agent's credentials, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopicRefusal: _TypeAlias = TopicRefusal  # noqa: Y015
+
+@_typing.final
+class BusCredentials(_message.Message):
+    """Everything an agent needs to use the bus: its private keys, its broker user and
+    the router's identity. Secret: handed only to the agent's own runtime.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNING_PRIVATE_KEY_FIELD_NUMBER: _builtins.int
+    AGREEMENT_PRIVATE_KEY_FIELD_NUMBER: _builtins.int
+    NATS_USER_JWT_FIELD_NUMBER: _builtins.int
+    NATS_USER_SEED_FIELD_NUMBER: _builtins.int
+    INBOX_PREFIX_FIELD_NUMBER: _builtins.int
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
+    ROUTER_FIELD_NUMBER: _builtins.int
+    REFUSED_TOPICS_FIELD_NUMBER: _builtins.int
+    INBOX_STREAM_FIELD_NUMBER: _builtins.int
+    INBOX_CONSUMER_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    tenant: _builtins.str
+    key_id: _builtins.str
+    """The agent's key pair (AgentIdentity.key_id): Ed25519 seed and X25519 scalar, raw."""
+    signing_private_key: _builtins.bytes
+    agreement_private_key: _builtins.bytes
+    nats_user_jwt: _builtins.str
+    """NATS user JWT and NKey seed; empty when the broker does not authenticate users."""
+    nats_user_seed: _builtins.bytes
+    inbox_prefix: _builtins.str
+    """Reply-subject prefix the agent's NATS connection must use."""
+    inbox_stream: _builtins.str
+    """JetStream stream and durable consumer holding the agent's direct messages."""
+    inbox_consumer: _builtins.str
+    @_builtins.property
+    def permissions(self) -> Global___BrokerPermissions: ...
+    @_builtins.property
+    def router(self) -> _agent_pb2.AgentIdentity:
+        """The router's identity (agent id "symbi-router"), which seals topic key grants."""
+
+    @_builtins.property
+    def refused_topics(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicRefusal]: ...
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        signing_private_key: _builtins.bytes = ...,
+        agreement_private_key: _builtins.bytes = ...,
+        nats_user_jwt: _builtins.str = ...,
+        nats_user_seed: _builtins.bytes = ...,
+        inbox_prefix: _builtins.str = ...,
+        permissions: Global___BrokerPermissions | None = ...,
+        router: _agent_pb2.AgentIdentity | None = ...,
+        refused_topics: _abc.Iterable[Global___TopicRefusal] | None = ...,
+        inbox_stream: _builtins.str = ...,
+        inbox_consumer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["permissions", b"permissions", "router", b"router"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agreement_private_key", b"agreement_private_key", "inbox_consumer", b"inbox_consumer", "inbox_prefix", b"inbox_prefix", "inbox_stream", b"inbox_stream", "key_id", b"key_id", "nats_user_jwt", b"nats_user_jwt", "nats_user_seed", b"nats_user_seed", "permissions", b"permissions", "refused_topics", b"refused_topics", "router", b"router", "signing_private_key", b"signing_private_key", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BusCredentials: _TypeAlias = BusCredentials  # noqa: Y015
+
+@_typing.final
+class BusStatsRequest(_message.Message):
+    """Messaging counters of the router replicas (symbi.bus.stats); carries nothing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BusStatsRequest: _TypeAlias = BusStatsRequest  # noqa: Y015
 
 @_typing.final
 class BrokerPermissions(_message.Message):
