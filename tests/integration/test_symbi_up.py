@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from symbi_common import catalog, fleet, natsio
+from symbi_common.errors import PermissionDeniedError
 from symbi_common.health import is_ready
 from symbi_common.settings import NatsSettings
 
@@ -60,8 +61,8 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float) ->
     raise AssertionError(f"never saw {needle!r}; output so far:\n" + "\n".join(lines))
 
 
-async def all_healthy(nats_url: str) -> dict[str, bool]:
-    nc = await natsio.connect(NatsSettings(url=nats_url, connect_timeout_s=5), "test-up")
+async def all_healthy(nats_url: str, credentials: str) -> dict[str, bool]:
+    nc = await natsio.connect(NatsSettings(url=nats_url, connect_timeout_s=5, credentials=Path(credentials)), "test-up")
     try:
         replies = await fleet.collect(nc, window_s=1.0, expect=catalog.SERVICE_NAMES)
     finally:
@@ -84,8 +85,12 @@ def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:
         up = json.loads((state / "up.json").read_text())
         assert set(up["services"]) == set(catalog.SERVICE_NAMES)
 
-        health = asyncio.run(all_healthy(up["nats_url"]))
+        health = asyncio.run(all_healthy(up["nats_url"], up["nats_credentials"]))
         assert health == dict.fromkeys(catalog.SERVICE_NAMES, True)
+        # The embedded broker authenticates: no credentials, no connection.
+        assert "operator-mode authorization" in text
+        with pytest.raises(PermissionDeniedError, match="refused the credentials"):
+            asyncio.run(natsio.connect(NatsSettings(url=up["nats_url"], connect_timeout_s=2), "anonymous"))
 
         status = symbi("status", "--state-dir", str(state), env=env)
         assert status.returncode == 0, status.stdout + status.stderr
@@ -111,6 +116,8 @@ def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:
         assert "no worker can ever run this task" in ran.stderr
         assert "none runs SANDBOX_TIER_TIER1_DOCKER (tiers available: none)" in ran.stderr
 
+        check_bus_cli(state, env, agent_id, tmp_path)
+
         again = symbi("up", "--state-dir", str(state), env=env)
         assert again.returncode == 2
         assert "another `symbi up` is running" in again.stderr
@@ -135,6 +142,36 @@ def create_readme_agent(state: Path, env: dict[str, str]) -> str:
     created = symbi("agent", "--state-dir", str(state), "--role", "operator", "--json", "create", definition, env=env)
     assert created.returncode == 0, created.stderr
     return str(json.loads(created.stdout)["agent_id"])
+
+
+def check_bus_cli(state: Path, env: dict[str, str], researcher: str, tmp_path: Path) -> None:
+    """Agents talk through the stack's authenticated broker, as the example policies allow."""
+    peer = tmp_path / "peer.json"
+    peer.write_text(json.dumps({
+        "metadata": {"name": "peer", "version": "1.0.0"}, "capabilities": ["send_messages"], "tenant": "research",
+        "with": {"sandbox": "Tier1", "timeout": "10s", "memory": "64MB", "cpu": 0.1},
+        "task": {"image": "symbi/base:bookworm", "command": ["true"]},
+    }))  # fmt: skip
+    created = symbi("agent", "--state-dir", str(state), "--role", "operator", "--json", "create", str(peer), env=env)
+    assert created.returncode == 0, created.stderr
+    peer_id = json.loads(created.stdout)["agent_id"]
+    bus = ("bus", "--state-dir", str(state))
+    sent = symbi(*bus, "send", "--from", researcher, peer_id, "findings attached", env=env)
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("accepted ")
+    heard = symbi(*bus, "--json", "listen", peer_id, "--count", "1", "--timeout", "20", env=env)
+    assert heard.returncode == 0, heard.stderr
+    assert json.loads(heard.stdout.splitlines()[-1]) | {"message_id": ""} == {
+        "message_id": "", "sender": researcher, "topic": "", "content_type": "text/plain", "text": "findings attached"
+    }  # fmt: skip
+    outsider = symbi("agent", "--state-dir", str(state), "--role", "operator", "--json", "create",
+                     str(POLICIES.parent / "agents" / "summarizer.yaml"), env=env)  # fmt: skip
+    outsider_id = json.loads(outsider.stdout)["agent_id"]
+    refused = symbi(*bus, "send", "--from", researcher, outsider_id, "across tenants", env=env)
+    assert refused.returncode == 1
+    assert "POLICY_DENIED" in refused.stderr
+    stats = symbi(*bus, "--json", "stats", env=env)
+    assert int(json.loads(stats.stdout)["rejected_by_reason"]["policy_denied"]) >= 1
 
 
 def test_up_runs_the_readme_agent_in_a_real_sandbox(tmp_path: Path) -> None:
@@ -175,7 +212,7 @@ def test_up_restarts_a_crashed_service(tmp_path: Path) -> None:
         wait_for_line(proc, "mcp-gateway exited (-9); restarting", timeout_s=30)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            health = asyncio.run(all_healthy(up["nats_url"]))
+            health = asyncio.run(all_healthy(up["nats_url"], up["nats_credentials"]))
             if health.get("mcp-gateway"):
                 break
         assert health.get("mcp-gateway") is True

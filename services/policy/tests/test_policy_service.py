@@ -68,7 +68,7 @@ CASES = [
      "allow", "platform-baseline/operators-create-agents"),
     ("agent creation denied", request("agent_create", AGENT, Target("agent", "x")), "deny", "DENY_KIND_DEFAULT"),
     ("message send", request("message_send", AGENT, Target("agent", "a2", tenant="t1"), operation="send"),
-     "allow", "platform-baseline/same-tenant-messages"),
+     "allow_with_conditions", "platform-baseline/same-tenant-messages"),
     ("message cross tenant", request("message_send", AGENT, Target("agent", "a2", tenant="t2", labels=["pii"]),
                                      operation="send"), "deny", "regulated-data/no-cross-tenant"),
     ("data access own memory", request("data_access", AGENT, Target("memory", "m1", owner="a1"), operation="read"),

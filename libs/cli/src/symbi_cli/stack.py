@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from symbi_common import embedded, envvars, fleet, natsio
+from symbi_common import embedded, envvars, fleet, natsauth, natsio
 from symbi_common.errors import ConfigError
 from symbi_common.health import is_ready, status_name
-from symbi_common.settings import Settings
+from symbi_common.settings import NatsSettings, Settings
 from symbi_proto.v1 import health_pb2
 
 STATE_FILE = "up.json"
@@ -48,6 +48,8 @@ class StackPlan:
     redis_url: str = ""
     config_path: Path | None = None
     policy_dir: Path | None = None
+    broker_auth: bool = True
+    """Embedded NATS in operator mode: services and agents each connect as their own user."""
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Stack:
     children: dict[str, ServiceProcess] = field(default_factory=dict)
     nats_url: str = ""
     redis_url: str = ""
+    nats_credentials: Path | None = None
+    issuer_file: Path | None = None
     _lock: IO[str] | None = None
 
     def acquire_state_dir(self) -> None:
@@ -77,12 +81,24 @@ class Stack:
         if self.plan.nats_url:
             self.nats_url = self.plan.nats_url
             self.say(f"  nats      external {self.nats_url}")
+            self.nats_credentials = self.settings.nats.credentials
+            self.issuer_file = self.settings.messaging.issuer_file
         else:
+            config = ""
+            if self.plan.broker_auth:
+                auth_dir = self.plan.state_dir / "nats-auth"
+                authority = natsauth.BrokerAuthority.load_or_create(auth_dir)
+                config = authority.server_config()
+                self.nats_credentials = natsauth.write_creds(
+                    auth_dir / "service.creds", authority.service_creds("symbi-services")
+                )
+                self.issuer_file = authority.issuer.to_file(auth_dir / "issuer.json")
             self.say("  nats      starting nats-server with JetStream ...")
-            server = embedded.start_nats(self.plan.state_dir / "nats")
+            server = embedded.start_nats(self.plan.state_dir / "nats", config=config)
             self.infra.append(server)
             self.nats_url = server.url
-            self.say(f"  nats      ready on {self.nats_url} (pid {server.process.pid})")
+            auth = "operator-mode authorization, a user per service and agent" if config else "no authorization"
+            self.say(f"  nats      ready on {self.nats_url} (pid {server.process.pid}; {auth})")
         if self.plan.redis_url:
             self.redis_url = self.plan.redis_url
             self.say(f"  redis     external {self.redis_url}")
@@ -107,6 +123,10 @@ class Stack:
                 "SYMBI_API_PORT": str(self.plan.api_port),
             }
         )
+        if self.nats_credentials is not None:
+            env["SYMBI_NATS_CREDENTIALS"] = str(self.nats_credentials)
+        if self.issuer_file is not None:
+            env["SYMBI_MESSAGING_ISSUER_FILE"] = str(self.issuer_file)
         if self.plan.config_path is not None:
             env[envvars.CONFIG_PATH] = str(self.plan.config_path.resolve())
         if self.plan.policy_dir is not None:
@@ -137,7 +157,10 @@ class Stack:
         self, timeout_s: float, cancelled: Callable[[], bool] = lambda: False
     ) -> dict[str, health_pb2.HealthStatus]:
         """Poll health over NATS, printing each service once it is ready; stop early if cancelled."""
-        nc = await natsio.connect(self.settings.nats.model_copy(update={"url": self.nats_url}), "symbi-up")
+        nats_settings = self.settings.nats.model_copy(
+            update={"url": self.nats_url, "credentials": self.nats_credentials}
+        )
+        nc = await natsio.connect(nats_settings, "symbi-up")
         announced: set[str] = set()
         latest: dict[str, health_pb2.HealthStatus] = {}
         deadline = time.monotonic() + timeout_s
@@ -166,6 +189,7 @@ class Stack:
         doc = {
             "pid": os.getpid(),
             "nats_url": self.nats_url,
+            "nats_credentials": str(self.nats_credentials) if self.nats_credentials else "",
             "redis_url": self.redis_url,
             "api_url": f"http://{self.settings.api.host}:{self.plan.api_port}",
             "policy_addr": f"{self.settings.policy.host}:{self.plan.policy_port}",
@@ -207,6 +231,22 @@ def running_value(state_dir: Path, key: str) -> str | None:
     state = read_state(state_dir)
     value = state.get(key) if state else None
     return value if isinstance(value, str) else None
+
+
+def nats_settings_for(settings: Settings, state_dir: Path | None, url: str = "", **update: object) -> NatsSettings:
+    """How a CLI command reaches NATS: ``url`` if given, else the running ``symbi up`` (its URL
+    and service credentials), else ``[nats]``."""
+    state = read_state(state_dir or settings.runtime.state_dir) or {}
+    changes: dict[str, object] = {}
+    running_url = state.get("nats_url")
+    if url:
+        changes["url"] = url
+    elif isinstance(running_url, str) and running_url:
+        changes["url"] = running_url
+        creds = state.get("nats_credentials")
+        if isinstance(creds, str) and creds:
+            changes["credentials"] = Path(creds)
+    return settings.nats.model_copy(update={**changes, **update})
 
 
 def read_state(state_dir: Path) -> dict[str, object] | None:

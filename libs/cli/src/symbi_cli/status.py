@@ -10,10 +10,10 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from symbi_cli.stack import running_value
+from symbi_cli.stack import nats_settings_for
 from symbi_common import catalog, fleet, natsio
 from symbi_common.health import is_ready, status_name
-from symbi_common.settings import Settings
+from symbi_common.settings import NatsSettings
 from symbi_proto.v1 import health_pb2
 
 
@@ -32,14 +32,7 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=handle)
 
 
-def nats_url_for(args: argparse.Namespace, settings: Settings) -> str:
-    if args.nats_url:
-        return str(args.nats_url)
-    return running_value(args.state_dir or settings.runtime.state_dir, "nats_url") or settings.nats.url
-
-
-async def gather(settings: Settings, url: str, window_s: float) -> list[health_pb2.HealthStatus]:
-    nats_settings = settings.nats.model_copy(update={"url": url, "connect_timeout_s": 3.0})
+async def gather(nats_settings: NatsSettings, window_s: float) -> list[health_pb2.HealthStatus]:
     nc = await natsio.connect(nats_settings, "symbi-status")
     try:
         return await fleet.collect(nc, window_s=window_s, expect=catalog.available())
@@ -51,8 +44,9 @@ def handle(args: argparse.Namespace) -> int:
     from symbi_cli.main import load
 
     settings = load(args)
-    url = nats_url_for(args, settings)
-    replies = asyncio.run(gather(settings, url, args.window))
+    nats_settings = nats_settings_for(settings, args.state_dir, args.nats_url or "", connect_timeout_s=3.0)
+    url = nats_settings.url
+    replies = asyncio.run(gather(nats_settings, args.window))
     expected = catalog.available()
     ready = {s.service for s in replies if is_ready(s)}
     missing = [name for name in expected if name not in ready]

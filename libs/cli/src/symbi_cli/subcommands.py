@@ -10,7 +10,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from symbi_cli.stack import running_value
+from symbi_cli.stack import nats_settings_for
 from symbi_common import natsio
 
 Handler = Callable[[argparse.Namespace], int]
@@ -46,10 +46,10 @@ def with_nats(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]]
     from symbi_cli.main import load
 
     settings = load(args)
-    url = args.nats_url or running_value(args.state_dir or settings.runtime.state_dir, "nats_url") or settings.nats.url
+    nats_settings = nats_settings_for(settings, args.state_dir, args.nats_url or "", connect_timeout_s=5.0)
 
     async def run() -> int:
-        nc = await natsio.connect(settings.nats.model_copy(update={"url": url, "connect_timeout_s": 5.0}), "symbi-cli")
+        nc = await natsio.connect(nats_settings, "symbi-cli")
         try:
             return await work(nc)
         finally:

@@ -44,6 +44,13 @@ def register(commands: Any) -> None:
         help="policy files for the policy service to load and watch (default: [policy].directory; "
         "none means every request is denied until policies are applied)",
     )
+    parser.add_argument(
+        "--no-broker-auth",
+        dest="broker_auth",
+        action="store_false",
+        help="run the embedded NATS without authorization (by default it runs in operator mode: every "
+        "service and every agent connects as its own user, agents confined to their own subjects)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness (default 60)")
     parser.set_defaults(handler=handle)
 
@@ -69,6 +76,7 @@ def plan_stack(args: argparse.Namespace, settings: Settings) -> StackPlan:
         redis_url=args.redis_url or "",
         config_path=args.config,
         policy_dir=_policy_dir(args.policies),
+        broker_auth=bool(getattr(args, "broker_auth", True)),
     )
 
 

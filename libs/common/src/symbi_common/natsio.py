@@ -90,7 +90,12 @@ async def connect(
     if inbox_prefix is not None:
         auth["inbox_prefix"] = inbox_prefix
 
+    refused: list[str] = []  # authorization errors while connecting: not worth retrying
+
     async def error_cb(exc: Exception) -> None:
+        if not connected and "authorization" in str(exc).lower():
+            refused.append(str(exc))
+            return
         log.warning("nats error: %s", exc)
         ev.on_error(exc)
 
@@ -126,12 +131,12 @@ async def connect(
                 ),
                 timeout=settings.connect_timeout_s,
             )
-        except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+        except (nats.errors.NoServersError, OSError, TimeoutError, nats.errors.Error) as exc:
+            if refused or "authorization" in str(exc).lower():
+                raise PermissionDeniedError(
+                    f"NATS at {settings.url} refused the credentials ({(refused or [str(exc)])[-1]})"
+                ) from None
             raise UnavailableError(f"cannot reach NATS at {settings.url}: {exc}") from exc
-        except nats.errors.Error as exc:
-            if "authorization" in str(exc).lower() or "authentication" in str(exc).lower():
-                raise PermissionDeniedError(f"NATS at {settings.url} refused the credentials: {exc}") from None
-            raise UnavailableError(f"cannot connect to NATS at {settings.url}: {exc}") from exc
         nc.options["max_reconnect_attempts"] = -1  # once connected, reconnect for ever
         nc.options["reconnect_time_wait"] = 0.5
         connected[:] = [nc]

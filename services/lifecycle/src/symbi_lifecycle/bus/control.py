@@ -23,9 +23,9 @@ from symbi_common.audit_events import AuditBuffer, build_event
 from symbi_common.bus.client import GRANT_CONTENT_TYPE, ROUTER_ID
 from symbi_common.envelope import AgentKeys
 from symbi_common.errors import NotFoundError, PermissionDeniedError, UnavailableError
-from symbi_common.policy_client import PolicyDecider, Target
+from symbi_common.policy_client import PolicyDecider
 from symbi_lifecycle.bus.deadletters import DeadLetters
-from symbi_lifecycle.bus.directory import ENDED_STATES, AgentDirectory
+from symbi_lifecycle.bus.directory import ENDED_STATES, AgentDirectory, topic_target
 from symbi_lifecycle.bus.keys import TopicKeys
 from symbi_lifecycle.bus.metrics import RouterMetrics
 from symbi_proto.v1 import agent_pb2, audit_pb2, message_pb2
@@ -77,7 +77,7 @@ class Control:
         if info is None or info.state in ENDED_STATES:
             raise PermissionDeniedError(f"agent {agent_id} may not hold topic keys")
         decision = await self.policy.evaluate(
-            policy_client.request("message_send", info.principal(), Target("topic", req.topic), operation="subscribe")
+            policy_client.request("message_send", info.principal(), topic_target(req.topic), operation="subscribe")
         )
         if decision.WhichOneof("outcome") == "deny":
             self._audit(

@@ -29,9 +29,9 @@ from symbi_common.bus import inbox
 from symbi_common.envelope import AgentKeys
 from symbi_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from symbi_common.natsauth import CredentialIssuer
-from symbi_common.policy_client import PolicyDecider, Target
+from symbi_common.policy_client import PolicyDecider
 from symbi_common.settings import MessagingSettings
-from symbi_lifecycle.bus.directory import ENDED_STATES, AgentDirectory
+from symbi_lifecycle.bus.directory import ENDED_STATES, AgentDirectory, topic_target
 from symbi_lifecycle.bus.metrics import RouterMetrics
 from symbi_lifecycle.store import AgentStore
 from symbi_proto.v1 import message_pb2
@@ -134,7 +134,7 @@ class CredentialDesk:
         refused: list[tuple[str, str]] = []
         for topic in sorted(set(topics)):
             decision = await self.policy.evaluate(
-                policy_client.request("message_send", principal, Target("topic", topic), operation="subscribe")
+                policy_client.request("message_send", principal, topic_target(topic), operation="subscribe")
             )
             if decision.WhichOneof("outcome") == "deny":
                 refused.append((topic, decision.deny.reason))

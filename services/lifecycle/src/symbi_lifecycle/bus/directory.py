@@ -84,3 +84,8 @@ class AgentDirectory:
 
     def forget(self, agent_id: str) -> None:
         self._cache.pop(agent_id, None)
+
+
+def topic_target(topic: str) -> Target:
+    """A topic for policy: its first dot-separated segment is its tenant (``research.findings``: research)."""
+    return Target("topic", topic, tenant=topic.split(".", 1)[0])

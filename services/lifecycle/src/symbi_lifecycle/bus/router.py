@@ -53,7 +53,14 @@ from symbi_common.policy_client import PolicyDecider, Target
 from symbi_common.ratelimit import RateLimiter, limits_of, rate_limit
 from symbi_common.redisio import as_bytes
 from symbi_common.settings import MessagingSettings
-from symbi_lifecycle.bus.directory import ENDED_STATES, RECEIVING_STATES, SENDING_STATES, AgentDirectory, AgentInfo
+from symbi_lifecycle.bus.directory import (
+    ENDED_STATES,
+    RECEIVING_STATES,
+    SENDING_STATES,
+    AgentDirectory,
+    AgentInfo,
+    topic_target,
+)
 from symbi_lifecycle.bus.metrics import RouterMetrics
 from symbi_proto.v1 import audit_pb2, message_pb2, policy_pb2
 
@@ -169,7 +176,7 @@ class Router:
                 raise Refused(M.MESSAGE_REJECT_REASON_MALFORMED, exc.message) from None
             if not header.key_id.startswith(f"topic:{header.topic}:"):
                 raise Refused(M.MESSAGE_REJECT_REASON_MALFORMED, "a topic message is sealed with its topic's key")
-            return Target("topic", header.topic)
+            return topic_target(header.topic)
         if header.topic or not header.recipient:
             raise Refused(M.MESSAGE_REJECT_REASON_MALFORMED, "a message to an agent names a recipient and no topic")
         recipient = await self.d.directory.get(header.recipient)
