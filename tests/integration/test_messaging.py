@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ class BusStack:
     nc: Client
     redis: aioredis.Redis
     lifecycle: LifecycleClient
+    policy_addr: str = ""
     buses: list[AgentBus] = field(default_factory=list)
 
     async def agent(self, name: str, *, tenant: str = "t1", capabilities: tuple[str, ...] = ("send_messages",)) -> str:
@@ -169,7 +171,7 @@ async def start_bus_stack(
     settings = settings.with_overrides({"policy.addr": addr})
     await run_service(LIFECYCLE, settings)
     redis = aioredis.Redis.from_url(redis_url, socket_timeout=5)
-    return BusStack(settings, secured, nc, redis, LifecycleClient(nc, actor="tester", timeout_s=10))
+    return BusStack(settings, secured, nc, redis, LifecycleClient(nc, actor="tester", timeout_s=10), addr)
 
 
 async def stop_bus_stack(stack: BusStack) -> None:
@@ -741,3 +743,40 @@ async def test_without_broker_auth_the_router_verifies_every_signature(open_bus_
     await bob.consume(inbox)
     await inbox.wait(1)
     assert inbox.payloads == [b"genuine"]
+
+
+# -- docs/messaging.md -------------------------------------------------------------------
+
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "messaging.md").read_text()
+
+
+def fenced(language: str) -> list[str]:
+    return [body for lang, body in re.findall(r"^```(\w*)\n(.*?)^```$", DOC, re.S | re.M) if lang == language]
+
+
+async def test_the_documented_example_and_policy_work(bus_stack: BusStack) -> None:
+    (policy_text,) = fenced("yaml")
+    (example,) = fenced("python")
+    assert bus_stack.policy_addr
+    client = PolicyClient(bus_stack.policy_addr)
+    try:
+        await client.register(policy_text, name="messaging-example.yaml")
+    finally:
+        await client.close()
+    alice_id = await bus_stack.agent("alice", tenant="research")
+    bob_id = await bus_stack.agent("bob", tenant="research")
+    vault_id = await bus_stack.agent("vault", tenant="research")
+    auditor_id = await bus_stack.agent("auditor", tenant="research")
+    alice = await bus_stack.bus(alice_id, ("research.findings",))
+    bob = await bus_stack.bus(bob_id, ("research.findings",))
+    namespace: dict[str, Any] = {}
+    exec(compile(example, "docs/messaging.md", "exec"), namespace)
+    out = await namespace["example"](alice, bob)
+    assert out["status"] == M.DELIVERY_STATUS_ACCEPTED
+    assert out["reply"] == b"PING"
+    got = out["got"]
+    await eventually(lambda: sorted(got) == [b"hello", b"new paper"], timeout_s=10, what="bob got both messages")
+    vault = await bus_stack.bus(vault_id)
+    refused = await vault.send(alice_id, b"secrets")
+    assert refused.detail == "the vault talks only to the auditor"
+    raise_for_status(await vault.send(auditor_id, b"secrets"))
