@@ -377,6 +377,39 @@ async def test_topics_reach_permitted_subscribers_only(bus_stack: BusStack) -> N
     await carol_raw.close()
 
 
+async def test_terminating_a_subscriber_rotates_its_topics_keys(bus_stack: BusStack) -> None:
+    caps = ("publish_topics",)
+    ids = [await bus_stack.agent(name, capabilities=caps) for name in ("alice", "bob", "carol")]
+    alice, bob, carol = [await bus_stack.bus(agent_id, ("news.daily",)) for agent_id in ids]
+    bob_got, carol_got = Inbox(), Inbox()
+    await bob.subscribe("news.daily", bob_got)
+    await carol.subscribe("news.daily", carol_got)
+    raise_for_status(await alice.publish("news.daily", b"before"))
+    await bob_got.wait(1)
+    await carol_got.wait(1)
+    old = carol.topic_keys.get_current("news.daily")
+    assert old is not None
+
+    await bus_stack.lifecycle.terminate(ids[2], reason="left the team")
+
+    async def rotated() -> bool:
+        return (await alice.topic_key("news.daily", refresh=True)).key_id != old.key_id
+
+    await eventually(rotated, timeout_s=10, what="the topic moves to a new key")
+    stale = envelope.seal(alice.keys, old, b"old key", kind=M.MESSAGE_KIND_TOPIC, topic="news.daily")
+    assert (await alice.send_message(stale)).reason == M.MESSAGE_REJECT_REASON_STALE_KEY
+    raise_for_status(await alice.publish("news.daily", b"after"))
+    await bob_got.wait(2)  # bob fetches the new key by himself
+    assert bob_got.payloads == [b"before", b"after"]
+
+    async def carol_cannot_read() -> bool:
+        return carol.stats.rejected.get("decrypt_failed", 0) >= 1
+
+    # Carol's broker user is still valid and still subscribed, but the new key is not hers.
+    await eventually(carol_cannot_read, timeout_s=5, what="carol cannot open what came after")
+    assert carol_got.payloads == [b"before"]
+
+
 async def test_publishing_without_permission_is_refused(bus_stack: BusStack) -> None:
     carol = await bus_stack.bus(await bus_stack.agent("carol"))
     # Carol forges a topic envelope with a key of her own making: policy still refuses it.

@@ -296,9 +296,15 @@ class AgentBus:
         self, topic: str, data: bytes, *, content_type: str = "application/octet-stream"
     ) -> message_pb2.SendResult:
         """A topic message, to every current subscriber allowed to hold the topic's key."""
-        key = await self.topic_key(topic)
-        message = envelope.seal(self.keys, key, data, kind=M.MESSAGE_KIND_TOPIC, topic=topic, content_type=content_type)
-        return await self.send_message(message)
+        for refresh in (False, True):
+            key = await self.topic_key(topic, refresh=refresh)
+            message = envelope.seal(
+                self.keys, key, data, kind=M.MESSAGE_KIND_TOPIC, topic=topic, content_type=content_type
+            )
+            result = await self.send_message(message)
+            if result.reason != M.MESSAGE_REJECT_REASON_STALE_KEY:
+                break  # else the topic's key was rotated: fetch the new one and seal again, once
+        return result
 
     async def request(
         self,

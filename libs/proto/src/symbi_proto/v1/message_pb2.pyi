@@ -80,6 +80,10 @@ class _MessageRejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_M
     """The router could not decide (policy, rate limiter, replay cache or audit
     unavailable): refused, fail closed.
     """
+    MESSAGE_REJECT_REASON_STALE_KEY: _MessageRejectReason.ValueType  # 14
+    """Sealed with a topic key that has since been rotated: fetch the current key and
+    send again (clients do this once, automatically).
+    """
 
 class MessageRejectReason(_MessageRejectReason, metaclass=_MessageRejectReasonEnumTypeWrapper):
     """Why a message was not delivered or was refused by its receiver. Each reason is
@@ -106,6 +110,10 @@ MESSAGE_REJECT_REASON_UNDELIVERABLE: MessageRejectReason.ValueType  # 12
 MESSAGE_REJECT_REASON_UNAVAILABLE: MessageRejectReason.ValueType  # 13
 """The router could not decide (policy, rate limiter, replay cache or audit
 unavailable): refused, fail closed.
+"""
+MESSAGE_REJECT_REASON_STALE_KEY: MessageRejectReason.ValueType  # 14
+"""Sealed with a topic key that has since been rotated: fetch the current key and
+send again (clients do this once, automatically).
 """
 Global___MessageRejectReason: _TypeAlias = MessageRejectReason  # noqa: Y015
 

@@ -88,6 +88,7 @@ class Control:
             )
             raise PermissionDeniedError(f"may not subscribe to {req.topic}: {decision.deny.reason}")
         epoch, key = await self.topics.current(req.topic)
+        await self.topics.record_grant(agent_id, req.topic)
         grant = M.TopicKeyGrant(topic=req.topic, epoch=epoch, key=key.key, key_id=key.key_id)
         pair = envelope.pair_key(self.router_keys, agent_id, info.identity)
         sealed = envelope.seal(

@@ -8,6 +8,9 @@
   key per epoch. A topic's key is made on first use; ``rotate`` starts a new epoch
   (old epochs still open messages already sent). Keys never leave the router except
   sealed to an agent that policy lets subscribe.
+- ``symbi:bus:grants:<agent>`` (set): topics whose key an agent was granted. When the
+  agent is terminated each of those topics moves to a new epoch, so what is published
+  afterwards is closed to it even while its broker credentials have not yet expired.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from symbi_common.redisio import as_bytes, as_text
 
 ROUTER_KEY = "symbi:bus:router"
 TOPIC_PREFIX = "symbi:bus:topic:"
+GRANTS_PREFIX = "symbi:bus:grants:"
 
 # ARGV: key id, signing seed, agreement scalar. Sets them only if absent; returns what is stored.
 _ROUTER_SCRIPT = """
@@ -83,3 +87,23 @@ class TopicKeys:
             return int(await self.client.eval(_ROTATE_SCRIPT, 1, TOPIC_PREFIX + topic, os.urandom(32)))
         except (RedisError, OSError) as exc:
             raise UnavailableError(f"cannot rotate the key of topic {topic}: {exc}") from exc
+
+    async def record_grant(self, agent_id: str, topic: str) -> None:
+        try:
+            await self.client.sadd(GRANTS_PREFIX + agent_id, topic)
+        except (RedisError, OSError) as exc:
+            raise UnavailableError(f"cannot record the grant of topic {topic}: {exc}") from exc
+
+    async def revoke_grants(self, agent_id: str) -> list[str]:
+        """Rotate every topic ``agent_id`` held a key of; returns those topics."""
+        try:
+            topics = sorted(as_text(t) for t in await self.client.smembers(GRANTS_PREFIX + agent_id))
+        except (RedisError, OSError) as exc:
+            raise UnavailableError(f"cannot read the topic grants of {agent_id}: {exc}") from exc
+        for topic in topics:
+            await self.rotate(topic)
+        try:
+            await self.client.delete(GRANTS_PREFIX + agent_id)
+        except (RedisError, OSError) as exc:
+            raise UnavailableError(f"cannot clear the topic grants of {agent_id}: {exc}") from exc
+        return topics

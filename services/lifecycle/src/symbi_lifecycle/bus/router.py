@@ -61,6 +61,7 @@ from symbi_lifecycle.bus.directory import (
     AgentInfo,
     topic_target,
 )
+from symbi_lifecycle.bus.keys import TopicKeys
 from symbi_lifecycle.bus.metrics import RouterMetrics
 from symbi_proto.v1 import audit_pb2, message_pb2, policy_pb2
 
@@ -97,6 +98,7 @@ class RouterDeps:
     js: JetStreamContext
     redis: aioredis.Redis
     directory: AgentDirectory
+    topics: TopicKeys
     policy: PolicyDecider
     limiter: RateLimiter
     audit: AuditBuffer
@@ -176,6 +178,12 @@ class Router:
                 raise Refused(M.MESSAGE_REJECT_REASON_MALFORMED, exc.message) from None
             if not header.key_id.startswith(f"topic:{header.topic}:"):
                 raise Refused(M.MESSAGE_REJECT_REASON_MALFORMED, "a topic message is sealed with its topic's key")
+            _, current = await self.d.topics.current(header.topic)
+            if header.key_id != current.key_id:
+                raise Refused(
+                    M.MESSAGE_REJECT_REASON_STALE_KEY,
+                    f"topic {header.topic} is at key {current.key_id}; fetch it and send again",
+                )
             return topic_target(header.topic)
         if header.topic or not header.recipient:
             raise Refused(M.MESSAGE_REJECT_REASON_MALFORMED, "a message to an agent names a recipient and no topic")

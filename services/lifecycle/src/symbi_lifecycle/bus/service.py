@@ -51,12 +51,14 @@ async def attach(ctx: ServiceContext, store: AgentStore, redis: aioredis.Redis, 
     dead = DeadLetters(ctx.js, audit, metrics, ctx.instance_id)
     await dead.setup()
     ctx.tasks.spawn(dead.run(), name="bus-dead-letters")
+    topics = TopicKeys(redis)
     router = Router(
         RouterDeps(
             nc=ctx.nc,
             js=ctx.js,
             redis=redis,
             directory=directory,
+            topics=topics,
             policy=policy,
             limiter=RedisRateLimiter(redis),
             audit=audit,
@@ -66,7 +68,7 @@ async def attach(ctx: ServiceContext, store: AgentStore, redis: aioredis.Redis, 
             verify_signatures=verify,
         )
     )
-    control = Control(directory, keys, TopicKeys(redis), policy, audit, metrics, dead, ctx.instance_id)
+    control = Control(directory, keys, topics, policy, audit, metrics, dead, ctx.instance_id)
     desk = CredentialDesk(store, directory, policy, ctx.js, cfg, keys, issuer, audit, metrics, ctx.instance_id)
 
     async def route(data: bytes, meta: natsio.RequestMeta) -> Message:
@@ -102,7 +104,7 @@ async def attach(ctx: ServiceContext, store: AgentStore, redis: aioredis.Redis, 
     async def on_ended(msg: Msg) -> None:  # one replica: the inbox
         transition = _transition(msg.data)
         if transition is not None and transition.to_state == agent_pb2.AGENT_STATE_TERMINATED:
-            ctx.tasks.spawn(_retire(ctx, dead, transition.agent_id), name=f"retire inbox {transition.agent_id}")
+            ctx.tasks.spawn(_retire(ctx, dead, topics, transition.agent_id), name=f"retire {transition.agent_id}")
 
     ctx.subscriptions.append(await ctx.nc.subscribe(subjects.AGENT_STATE_ALL, cb=on_state))
     ctx.subscriptions.append(await ctx.nc.subscribe(subjects.AGENT_STATE_ALL, queue=QUEUE, cb=on_ended))
@@ -111,7 +113,9 @@ async def attach(ctx: ServiceContext, store: AgentStore, redis: aioredis.Redis, 
         mode = "broker authenticates agents" if issuer else "broker without agent authentication"
         if not audit.healthy:
             return DEGRADED, f"{mode}; audit buffer failing: {audit.last_error}"
-        return SERVING, f"{mode}; signatures checked {'on every hop' if verify else 'by receivers'}"
+        stats = metrics.stats()
+        counts = f"{stats.sent} routed, {stats.rejected} refused, {stats.dead_letters} dead letters"
+        return SERVING, f"{mode}; signatures checked {'on every hop' if verify else 'by receivers'}; {counts}"
 
     ctx.health.add_check("bus", check)
     log.info("bus router ready (%s)", "broker auth" if issuer else "no broker auth")
@@ -127,13 +131,16 @@ def _transition(data: bytes) -> agent_pb2.StateTransition | None:
     return transition
 
 
-async def _retire(ctx: ServiceContext, dead: DeadLetters, agent_id: str) -> None:
-    """A terminated agent's inbox: its consumer goes and what waited becomes dead letters."""
+async def _retire(ctx: ServiceContext, dead: DeadLetters, topics: TopicKeys, agent_id: str) -> None:
+    """A terminated agent: the keys of its topics rotate, its consumer goes, what waited becomes dead letters."""
     try:
+        rotated = await topics.revoke_grants(agent_id)
         moved = await dead.empty_inbox(agent_id, "recipient was terminated")
         await inbox.delete_consumer(ctx.js, agent_id)
     except UnavailableError as exc:
-        log.warning("inbox of terminated agent %s not emptied: %s", agent_id, exc)
+        log.warning("bus state of terminated agent %s not cleaned up: %s", agent_id, exc)
         return
+    if rotated:
+        log.info("terminated agent %s held keys of %s: rotated", agent_id, ", ".join(rotated))
     if moved:
         log.info("inbox of terminated agent %s: %d messages moved to dead letters", agent_id, moved)
