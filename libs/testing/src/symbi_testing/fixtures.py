@@ -10,7 +10,10 @@
 - ``fresh_audit_streams``: empty AUDIT and DEADLETTER streams and no writer lease, before and after.
 - ``fresh_redis``: an empty Redis database for the test, and none of its keys left behind.
 
-External servers: ``--nats-url``/``--redis-url`` or ``SYMBI_TEST_NATS_URL``/``SYMBI_TEST_REDIS_URL``.
+- ``qdrant_url``: a Qdrant server for the context tests, or "" for local mode.
+
+External servers: ``--nats-url``/``--redis-url``/``--qdrant-url`` or ``SYMBI_TEST_NATS_URL``/
+``SYMBI_TEST_REDIS_URL``/``SYMBI_TEST_QDRANT_URL`` (``QDRANT_URL`` works too).
 Every test has a time cap (``timeout`` in pytest config).
 """
 
@@ -41,6 +44,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("symbi")
     group.addoption("--nats-url", default=os.environ.get("SYMBI_TEST_NATS_URL", ""), help="use this NATS server")
     group.addoption("--redis-url", default=os.environ.get("SYMBI_TEST_REDIS_URL", ""), help="use this Redis server")
+    group.addoption(
+        "--qdrant-url",
+        default=os.environ.get("SYMBI_TEST_QDRANT_URL") or os.environ.get("QDRANT_URL", ""),
+        help="run the Qdrant tests against this server (default: Qdrant local mode in the test's temp dir)",
+    )
 
 
 def _server(
@@ -68,6 +76,12 @@ def nats_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="session")
 def redis_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from _server(request, "--redis-url", embedded.start_redis, tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture(scope="session")
+def qdrant_url(request: pytest.FixtureRequest) -> str:
+    """A Qdrant server's URL (``--qdrant-url``, ``SYMBI_TEST_QDRANT_URL`` or ``QDRANT_URL``), or "" for local mode."""
+    return str(request.config.getoption("--qdrant-url"))
 
 
 @pytest.fixture(scope="session")
