@@ -110,9 +110,14 @@ class ContextStack:
     async def call(self, operation: str, request: Any, response: Any, timeout: float = 20) -> Any:
         return await natsio.request(self.nc, subjects.context(operation), request, response, timeout=timeout)
 
-    async def restart(self) -> None:
-        """Stop the context service and start a new replica on the same state (Qdrant dir, Redis)."""
+    async def restart(self, **overrides: Any) -> None:
+        """Stop the context service and start a new replica on the same state (Qdrant dir, Redis).
+
+        ``overrides``: ``[context]`` settings for the new replica (``llm_model="m"``, ...).
+        """
         await self.runner.shutdown()
+        if overrides:
+            self.settings = self.settings.with_overrides({f"context.{k}": v for k, v in overrides.items()})
         self.runner = await self.run_service(CONTEXT, self.settings)
 
 

@@ -123,24 +123,22 @@ async def setup(ctx: ServiceContext) -> None:
              f"by {cfg.llm_model}" if llm else "extractive")  # fmt: skip
 
 
-async def expire_knowledge(stores: Stores, now: float | None = None) -> int:
+async def expire_knowledge(vectors: VectorStore, retention_days: int, now: float | None = None) -> int:
     """Delete shared knowledge created more than ``retention_days`` ago; returns how many."""
-    cutoff = (now or time.time()) - stores.limits.retention_days * 86_400
     flt = context_pb2.ContextFilter()
-    flt.created_before.FromNanoseconds(int(cutoff * 1e9))
+    flt.created_before.FromNanoseconds(int(((now or time.time()) - retention_days * 86_400) * 1e9))
     qdrant_filter = filters.to_qdrant(flt)
     assert qdrant_filter is not None
-    deleted = await stores.vectors.delete_matching("shared_knowledge", qdrant_filter)
+    deleted = await vectors.delete_matching("shared_knowledge", qdrant_filter)
     if deleted:
-        log.info("retention: deleted %d shared-knowledge items older than %d days", deleted,
-                 stores.limits.retention_days)  # fmt: skip
+        log.info("retention: deleted %d shared-knowledge items older than %d days", deleted, retention_days)
     return deleted
 
 
 async def _retention(stores: Stores) -> None:
     while True:
         try:
-            await expire_knowledge(stores)
+            await expire_knowledge(stores.vectors, stores.limits.retention_days)
         except Exception as exc:  # a store is down: next round
             log.warning("retention sweep failed: %r", exc)
         await asyncio.sleep(RETENTION_INTERVAL_S)
