@@ -12,7 +12,7 @@ How a task's end is announced (nothing here asks the worker or trusts one event 
 On either event for a task that has working memory, the scheduler is asked for the
 task's state (``symbi.scheduler.get_task``): a final state, or a task the scheduler
 does not know, clears the memory; a task that is queued or running again keeps it.
-Core NATS events can be missed (this service restarting), so every
+Core NATS events can be missed (this service restarting), so at start and every
 ``SWEEP_INTERVAL_S`` the same check runs for every task that still has working memory.
 Subscriptions use the queue group ``context``: one replica handles each event.
 """
@@ -124,12 +124,13 @@ class WorkingMemoryJanitor:
         return cleared
 
     async def run_sweeps(self, interval_s: float = SWEEP_INTERVAL_S) -> None:
+        """Sweep now (catching up on what ended while no replica listened), then every ``interval_s``."""
         while True:
-            await asyncio.sleep(interval_s)
             try:
                 await self.sweep()
             except Exception as exc:  # Redis down: next round
                 log.warning("working-memory sweep failed: %r", exc)
+            await asyncio.sleep(interval_s)
 
 
 def subscriptions(janitor: WorkingMemoryJanitor) -> list[tuple[str, Callable[[Msg], Awaitable[None]]]]:
