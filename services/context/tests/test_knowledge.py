@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from symbi_testing.streams import audit_events, details, wait_for_audit
 
-from symbi_common.errors import InvalidArgumentError, PermissionDeniedError
+from symbi_common.errors import ConfigError, InvalidArgumentError, PermissionDeniedError
 from symbi_context import service
 from symbi_context.items import to_payload
 from symbi_context.minilm import MiniLM
@@ -135,3 +135,23 @@ async def test_retention_deletes_old_knowledge(tmp_path: Path, qdrant_url: str) 
         if qdrant_url:
             await vectors.call(lambda: vectors.client.delete_collection(vectors.collection("shared_knowledge")), "drop")
         await vectors.close()
+
+
+async def test_a_collection_of_another_dimension_is_refused(tmp_path: Path, qdrant_url: str) -> None:
+    prefix = f"d{uuid.uuid4().hex[:8]}"
+    first = VectorStore.open(
+        url=qdrant_url, path=tmp_path / "q", api_key="", prefix=prefix, dimension=384, timeout_s=10
+    )
+    try:
+        await first.ensure_collections(["long_term"])
+    finally:
+        await first.close()
+    second = VectorStore.open(url=qdrant_url, path=tmp_path / "q", api_key="", prefix=prefix, dimension=768,
+                              timeout_s=10)  # fmt: skip
+    try:
+        with pytest.raises(ConfigError, match=f"collection {prefix}_long_term holds 384-dimension vectors"):
+            await second.ensure_collections(["long_term"])
+    finally:
+        if qdrant_url:
+            await second.call(lambda: second.client.delete_collection(f"{prefix}_long_term"), "drop")
+        await second.close()
