@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +45,14 @@ def test_similar_texts_are_closer_than_unrelated_ones(model: MiniLM) -> None:
     a, b, c = model.encode(["How do I reset my password?", "I forgot my password, how can I change it?",
                             "The stock market fell sharply today."])  # fmt: skip
     assert float(a @ b) > 0.6 > float(a @ c)
+
+
+def test_loads_and_runs_with_no_network() -> None:
+    """Offline: the hub is switched off and every proxy points at a closed port; the model still loads."""
+    code = "from symbi_context.minilm import MiniLM; print(MiniLM().encode(['offline']).shape)"
+    dead = "http://127.0.0.1:9"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "ALL_PROXY": dead,
+           "NO_PROXY": ""}  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(1, 384)"

@@ -41,6 +41,8 @@ MAX_BULK = 1000
 class _Pending:
     index: int
     item: context_pb2.ContextItem
+    update: bool = False
+    """The caller named the id: the item may exist already."""
     created: float = 0.0
 
 
@@ -83,7 +85,7 @@ async def _store(stores: Stores, agent_id: str, items: list[context_pb2.ContextI
     batch = _Batch([context_pb2.BulkItemResult() for _ in items])
     for index, raw in enumerate(items):
         try:
-            batch.pending.append(_Pending(index, validate_item(raw, owner)))
+            batch.pending.append(_Pending(index, validate_item(raw, owner), update=bool(raw.context_id)))
         except SymbiError as exc:
             batch.fail(index, exc)
     await _existing(stores, agent, batch)
@@ -116,6 +118,9 @@ async def _existing(stores: Stores, agent: Agent, batch: _Batch) -> None:
     """Updates keep their creation time; an own-memory id of another agent is refused."""
     keep: list[_Pending] = []
     for p in batch.pending:
+        if not p.update:  # a fresh id: nothing to look up
+            keep.append(p)
+            continue
         try:
             if p.item.kind == K.MEMORY_KIND_SHORT_TERM:
                 old = await stores.short.get(p.item.context_id)
