@@ -154,7 +154,7 @@ def _embedding_check(embedder: Embedder) -> Check:
 def _vector_check(vectors: VectorStore) -> Check:
     async def check() -> CheckResult:
         try:
-            count = await vectors.count("shared_knowledge")
+            count = await vectors.size("shared_knowledge")
         except SymbiError as exc:
             return NOT_SERVING, exc.message
         mode = "local mode" if vectors.local else "server"

@@ -179,6 +179,12 @@ class VectorStore:
         reply = await self.call(lambda: self.client.count(name, count_filter=flt, exact=True), f"count {name}")
         return int(reply.count)
 
+    async def size(self, kind: str) -> int:
+        """Points in the collection (cheap: no filter, no exact count on a server)."""
+        name = self.collection(kind)
+        info = await self.call(lambda: self.client.get_collection(name), f"describe {name}")
+        return int(info.points_count or 0)
+
     async def delete_ids(self, kind: str, ids: Sequence[str]) -> None:
         name = self.collection(kind)
         selector = models.PointIdsList(points=list(ids))
