@@ -22,6 +22,7 @@ SMOKE_ARGS = {
     "scheduler.py": ["--quick"],
     "sandbox.py": ["--quick"],
     "messaging.py": ["--quick"],
+    "context.py": ["--quick"],
 }
 
 

@@ -60,6 +60,22 @@ REGISTRY: tuple[EnvVar, ...] = (
         secret=True,
     ),
     EnvVar(
+        "SYMBI_VECTOR_DB_PATH", "context.vector_db_path", "Embedded Qdrant directory (default: <state_dir>/qdrant)."
+    ),
+    EnvVar(
+        "QDRANT_API_KEY", "context.vector_db_api_key", "API key of the Qdrant server, if it needs one.", secret=True
+    ),
+    EnvVar("SYMBI_COLLECTION_PREFIX", "context.collection_prefix", "Qdrant collections are `<prefix>_<memory kind>`."),
+    EnvVar(
+        "SYMBI_EMBEDDING_PROVIDER",
+        "context.embedding_provider",
+        "`local` (all-MiniLM-L6-v2, offline; default) or `openai` (an OpenAI-compatible embeddings API).",
+    ),
+    EnvVar("SYMBI_EMBEDDING_MODEL", "context.embedding_model", "Embedding model asked of the OpenAI-compatible API."),
+    EnvVar("OPENAI_BASE_URL", "context.openai_base_url", "Base URL of the OpenAI-compatible API (`.../v1`)."),
+    EnvVar("SYMBI_LLM_MODEL", "context.llm_model", "Chat model for generative RAG answers; empty: extractive only."),
+    EnvVar("SYMBI_SHORT_TERM_TTL_S", "context.short_term_ttl_s", "Default time to live of short-term memory, seconds."),
+    EnvVar(
         "MCP_SERVER_DISCOVERY",
         "mcp.discovery_enabled",
         "Discover MCP servers from the registry and NATS announcements.",

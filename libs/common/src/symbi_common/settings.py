@@ -60,6 +60,24 @@ class ContextSettings(_Section):
     context_cache_size: int = Field(default=1000, ge=0)
     knowledge_retention_days: int = Field(default=365, gt=0)
     openai_api_key: SecretStr | None = None
+    vector_db_path: Path | None = None
+    """Directory of the embedded (local mode) Qdrant; ``None`` means ``<state_dir>/qdrant``."""
+    vector_db_api_key: SecretStr | None = None
+    """API key of the Qdrant server, if it needs one."""
+    collection_prefix: str = Field(default="symbi", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    """Qdrant collections are ``<prefix>_<memory kind>``."""
+    embedding_provider: Literal["local", "openai"] = "local"
+    """``local``: all-MiniLM-L6-v2 on this machine, offline; ``openai``: an OpenAI-compatible embeddings API."""
+    embedding_model: str = "text-embedding-3-small"
+    """Embedding model asked of the OpenAI-compatible provider (the local model is fixed)."""
+    openai_base_url: str = "https://api.openai.com/v1"
+    llm_model: str = ""
+    """Chat model for generative RAG answers (needs ``openai_api_key``); empty means extractive answers only."""
+    provider_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    short_term_ttl_s: float = Field(default=3600.0, gt=0, le=30 * 86_400)
+    """Default time to live of short-term memory."""
+    short_term_max_items: int = Field(default=1000, gt=0, le=100_000)
+    """Short-term items kept per agent; the oldest go first."""
 
 
 class McpSettings(_Section):
@@ -317,6 +335,7 @@ def check_secrets(settings: Settings) -> None:
     """Refuse placeholder secrets outside development."""
     if settings.runtime.mode != "production":
         return
-    key = settings.context.openai_api_key
-    if key is not None and key.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
-        raise ConfigError("[context].openai_api_key: a placeholder secret is not allowed in production mode")
+    for name in ("openai_api_key", "vector_db_api_key"):
+        key = getattr(settings.context, name)
+        if key is not None and key.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+            raise ConfigError(f"[context].{name}: a placeholder secret is not allowed in production mode")

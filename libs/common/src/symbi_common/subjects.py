@@ -67,6 +67,10 @@ def agent_state(agent_id: str) -> str:
     return f"{PREFIX}.agent.{token(agent_id)}.state"
 
 
+# Every agent's transitions (StateTransition): what the context service watches for ended tasks.
+AGENT_STATES_ALL = f"{PREFIX}.agent.*.state"
+
+
 # Scheduler and workers.
 SCHEDULER_PREFIX = f"{PREFIX}.scheduler"
 WORKER_CAPACITY_ALL = f"{PREFIX}.worker.*.capacity"

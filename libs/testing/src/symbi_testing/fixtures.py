@@ -13,7 +13,10 @@
   authorization: services connect with ``service_creds``, agents with users issued by
   ``issuer`` (``issuer_file`` for the lifecycle service).
 
-External servers: ``--nats-url``/``--redis-url`` or ``SYMBI_TEST_NATS_URL``/``SYMBI_TEST_REDIS_URL``.
+- ``qdrant_url``: a Qdrant server for the context tests, or "" for local mode.
+
+External servers: ``--nats-url``/``--redis-url``/``--qdrant-url`` or ``SYMBI_TEST_NATS_URL``/
+``SYMBI_TEST_REDIS_URL``/``SYMBI_TEST_QDRANT_URL`` (``QDRANT_URL`` works too).
 Every test has a time cap (``timeout`` in pytest config).
 """
 
@@ -45,6 +48,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("symbi")
     group.addoption("--nats-url", default=os.environ.get("SYMBI_TEST_NATS_URL", ""), help="use this NATS server")
     group.addoption("--redis-url", default=os.environ.get("SYMBI_TEST_REDIS_URL", ""), help="use this Redis server")
+    group.addoption(
+        "--qdrant-url",
+        default=os.environ.get("SYMBI_TEST_QDRANT_URL") or os.environ.get("QDRANT_URL", ""),
+        help="run the Qdrant tests against this server (default: Qdrant local mode in the test's temp dir)",
+    )
 
 
 def _server(
@@ -99,6 +107,12 @@ def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNa
         yield SecuredNats(server.url, authority, creds, issuer)
     finally:
         server.stop(5)
+
+
+@pytest.fixture(scope="session")
+def qdrant_url(request: pytest.FixtureRequest) -> str:
+    """A Qdrant server's URL (``--qdrant-url``, ``SYMBI_TEST_QDRANT_URL`` or ``QDRANT_URL``), or "" for local mode."""
+    return str(request.config.getoption("--qdrant-url"))
 
 
 @pytest.fixture(scope="session")
