@@ -8,7 +8,7 @@ import pytest
 import schemapin
 from hypothesis import given
 from hypothesis import strategies as st
-from symbi_testing.mcp import Signer
+from symbi_testing.mcp_support import Signer
 
 from symbi_common.errors import InvalidArgumentError
 from symbi_mcp_gateway import signatures

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from symbi_testing.mcp import Signer, WellKnownServer, well_known
+from symbi_testing.mcp_support import Signer, WellKnownServer, well_known
 
 from symbi_common.errors import FailedPreconditionError
 from symbi_mcp_gateway.keys import KeyDirectory

@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -163,3 +164,15 @@ def signatures_from_meta(meta: Mapping[str, Any] | None) -> dict[str, str]:
 def sign_tool(tool: Mapping[str, Any], private_key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
     """Both signatures of a tool (what ``symbi tools sign`` publishes)."""
     return {coverage: sign(covered_document(tool, coverage), private_key) for coverage in COVERAGES}
+
+
+def load_signatures_file(path: Path) -> dict[str, dict[str, str]]:
+    """An operator's signatures file: ``{"tools": {"<tool>": {"<coverage>": "<base64>"}}}``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"cannot read signatures file {path}: {exc}") from None
+    tools = data.get("tools") if isinstance(data, dict) else None
+    if not isinstance(tools, dict):
+        raise InvalidArgumentError(f"{path}: a signatures file is an object with a `tools` object")
+    return {str(name): signatures_in(block) for name, block in tools.items()}

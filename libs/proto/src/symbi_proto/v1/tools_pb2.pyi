@@ -873,11 +873,16 @@ class PinToolRequest(_message.Message):
     TOOL_FIELD_NUMBER: _builtins.int
     KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REQUESTER_ROLES_FIELD_NUMBER: _builtins.int
     server: _builtins.str
     tool: _builtins.str
     key_fingerprint: _builtins.str
     """Expected fingerprint of the key to pin; the call fails if discovery finds another."""
     requested_by: _builtins.str
+    @_builtins.property
+    def requester_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Roles of requested_by, for the admin policy decision on the pin."""
+
     def __init__(
         self,
         *,
@@ -885,10 +890,11 @@ class PinToolRequest(_message.Message):
         tool: _builtins.str = ...,
         key_fingerprint: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        requester_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_fingerprint", b"key_fingerprint", "requested_by", b"requested_by", "server", b"server", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_fingerprint", b"key_fingerprint", "requested_by", b"requested_by", "requester_roles", b"requester_roles", "server", b"server", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -929,23 +935,50 @@ class UnpinToolRequest(_message.Message):
     SERVER_FIELD_NUMBER: _builtins.int
     TOOL_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REQUESTER_ROLES_FIELD_NUMBER: _builtins.int
     server: _builtins.str
     tool: _builtins.str
     requested_by: _builtins.str
+    @_builtins.property
+    def requester_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Roles of requested_by, for the admin policy decision on the pin."""
+
     def __init__(
         self,
         *,
         server: _builtins.str = ...,
         tool: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        requester_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requested_by", b"requested_by", "server", b"server", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requested_by", b"requested_by", "requester_roles", b"requester_roles", "server", b"server", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnpinToolRequest: _TypeAlias = UnpinToolRequest  # noqa: Y015
+
+@_typing.final
+class RefreshServer(_message.Message):
+    """Tells every gateway replica to list and verify a server again (pins changed); published."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_FIELD_NUMBER: _builtins.int
+    server: _builtins.str
+    def __init__(
+        self,
+        *,
+        server: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["server", b"server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshServer: _TypeAlias = RefreshServer  # noqa: Y015
 
 @_typing.final
 class UnpinToolResponse(_message.Message):

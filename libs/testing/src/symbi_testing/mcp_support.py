@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -147,30 +146,33 @@ class Signer:
         return out
 
 
-def wire_tools(config: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """The test server's tools as it sends them on the wire (``_meta`` left out)."""
+async def wire_tools(config: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The test server's tools as it sends them on the wire (``_meta`` left out), listed in-process."""
+    from mcp import Client
 
-    async def listing() -> dict[str, dict[str, Any]]:
-        from mcp import Client
-
-        async with Client(mcp_server.build(config), cache=None) as client:
-            result = await client.list_tools()
-        out = {}
-        for tool in result.tools:
-            wire = tool.model_dump(by_alias=True, exclude_none=True, mode="json")
-            wire.pop("_meta", None)
-            out[tool.name] = wire
-        return out
-
-    return asyncio.run(listing())
+    async with Client(mcp_server.build(config), cache=None) as client:
+        result = await client.list_tools()
+    out = {}
+    for tool in result.tools:
+        wire = tool.model_dump(by_alias=True, exclude_none=True, mode="json")
+        wire.pop("_meta", None)
+        out[tool.name] = wire
+    return out
 
 
-def signed_config(signer: Signer, config: dict[str, Any] | None = None, **which: bool) -> dict[str, Any]:
+async def signed_config(signer: Signer, config: dict[str, Any] | None = None, **which: bool) -> dict[str, Any]:
     """``config`` with every tool's signatures in its ``_meta``."""
     cfg = dict(config or {})
-    tools = wire_tools(cfg)
+    tools = await wire_tools(cfg)
     cfg["meta"] = {name: {"schemapin": signer.sign_tool(tool, **which)} for name, tool in tools.items()}
     return cfg
+
+
+async def signatures_file(path: Path, signer: Signer, config: dict[str, Any] | None = None) -> Path:
+    """An operator's signatures file for the test server's tools."""
+    tools = await wire_tools(config)
+    path.write_text(json.dumps({"tools": {n: signer.sign_tool(t) for n, t in tools.items()}}), encoding="utf-8")
+    return path
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:
