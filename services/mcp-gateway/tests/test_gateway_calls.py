@@ -5,14 +5,12 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from symbi_testing.mcp_support import signed_config
+from symbi_testing.mcp_support import McpStack, result_json, signed_config
 from symbi_testing.streams import audit_events, details, wait_for_audit
 
 from symbi_mcp_gateway.signatures import canonical_json
 from symbi_proto.v1 import audit_pb2
 from symbi_proto.v1 import tools_pb2 as T
-
-from .conftest import McpStack, result_json
 
 pytestmark = pytest.mark.integration
 
@@ -29,12 +27,14 @@ async def test_tools_over_stdio_and_http_are_verified_called_and_audited(mcp: Mc
         assert add.verification.status == T.VERIFICATION_STATUS_VERIFIED
         assert add.verification.coverage == "symbi-descriptor-v1"
         assert add.verification.key_fingerprint == mcp.signer.fingerprint
-        assert add.verification.pinned and add.verification.offered
+        assert add.verification.pinned
+        assert add.verification.offered
         assert add.annotations["readOnlyHint"] == "true"
 
     for server in ("local", "remote"):
         result = await mcp.ops.call(server, "add", {"a": 2, "b": 40}, correlation_id=f"corr-{server}")
-        assert not result.is_error and not result.HasField("error"), result.error
+        assert not result.HasField("error"), result.error
+        assert not result.is_error
         assert result_json(result) == {"result": 42}
         assert result.content[0].text == "42"
         whole = {"content": [{"type": "text", "text": "42"}], "structuredContent": {"result": 42}, "isError": False}
@@ -45,7 +45,8 @@ async def test_tools_over_stdio_and_http_are_verified_called_and_audited(mcp: Mc
     decisions = await wait_for_audit(mcp.nc, "tool.decision", lambda e: e.correlation_id == "corr-remote")
     outcomes = await wait_for_audit(mcp.nc, "tool.outcome", lambda e: e.correlation_id == "corr-remote")
     decision, outcome = details(decisions[0]), details(outcomes[0])
-    assert decision["allowed"] is True and decision["tool"] == "remote/add"
+    assert decision["allowed"] is True
+    assert decision["tool"] == "remote/add"
     assert decision["decision_id"] == result.decision.decision_id
     assert outcome["success"] is True
     assert outcome["result_sha256"] == result.result_sha256.hex()
@@ -61,7 +62,8 @@ async def test_tool_errors_timeouts_and_argument_checks(mcp: McpStack) -> None:
     await mcp.start([mcp.stdio("local", await signed_config(mcp.signer))])
     await mcp.connected("local")
     failed = await mcp.ops.call("local", "fail")
-    assert failed.is_error and not failed.HasField("error")
+    assert failed.is_error
+    assert not failed.HasField("error")
     assert "Error executing tool fail" in failed.content[0].text
 
     slow = await mcp.ops.call("local", "sleep", {"seconds": 5}, timeout_s=0.5)
@@ -95,9 +97,11 @@ async def test_resources_are_listed_and_read(mcp: McpStack) -> None:
     listing = await mcp.ops.list_resources()
     assert {r.uri for r in listing.resources} == {"demo://hello", "demo://big"}
     hello = await mcp.ops.read_resource("local", "demo://hello")
-    assert hello.contents[0].text == "hello world" and not hello.truncated
+    assert hello.contents[0].text == "hello world"
+    assert not hello.truncated
     big = await mcp.ops.read_resource("local", "demo://big", max_bytes=100)
-    assert big.truncated and len(big.contents[0].text) == 100
+    assert big.truncated
+    assert len(big.contents[0].text) == 100
     denied = await mcp.client(actor="mallory", roles=()).read_resource("local", "demo://hello")
     assert denied.error.code == "permission_denied"
     reads = await wait_for_audit(mcp.nc, "tool.decision", lambda e: details(e).get("resource") == "local/demo://hello",

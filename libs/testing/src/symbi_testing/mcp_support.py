@@ -21,14 +21,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from nats.aio.client import Client
 
+from symbi_common.service import ServiceRunner, ServiceSpec
+from symbi_common.settings import Settings
+from symbi_common.tools_client import ToolsClient
+from symbi_proto.v1 import tools_pb2
 from symbi_testing import mcp_server
+from symbi_testing.checks import eventually
+from symbi_testing.fixtures import RunService
 
 SERVER_SCRIPT = Path(mcp_server.__file__)
 
@@ -171,11 +179,10 @@ async def signed_config(signer: Signer, config: dict[str, Any] | None = None, **
 async def signatures_file(path: Path, signer: Signer, config: dict[str, Any] | None = None) -> Path:
     """An operator's signatures file for the test server's tools."""
     tools = await wire_tools(config)
-    path.write_text(json.dumps({"tools": {n: signer.sign_tool(t) for n, t in tools.items()}}), encoding="utf-8")
-    return path
+    return write_config(path, {"tools": {n: signer.sign_tool(t) for n, t in tools.items()}})
 
 
-def write_config(path: Path, config: dict[str, Any]) -> Path:
+def write_config(path: Path, config: Mapping[str, Any]) -> Path:
     path.write_text(json.dumps(config), encoding="utf-8")
     return path
 
@@ -215,3 +222,58 @@ class HttpMcpServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+@dataclass
+class McpStack:
+    """A gateway under test with its MCP servers, signing key and served .well-known (gateway tests)."""
+
+    spec: ServiceSpec
+    run_service: RunService
+    settings: Settings
+    nc: Client
+    tmp: Path
+    site: WellKnownServer
+    signer: Signer = field(default_factory=Signer)
+    runner: ServiceRunner | None = None
+    http_servers: list[HttpMcpServer] = field(default_factory=list)
+
+    def client(self, actor: str = "ops", roles: tuple[str, ...] = ("operator",), agent_id: str = "") -> ToolsClient:
+        return ToolsClient(self.nc, timeout_s=15, actor=actor, roles=roles, agent_id=agent_id)
+
+    @property
+    def ops(self) -> ToolsClient:
+        return self.client()
+
+    def config_file(self, name: str, config: dict[str, Any]) -> Path:
+        return write_config(self.tmp / f"{name}.json", config)
+
+    def stdio(self, name: str, config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        path = self.config_file(name, config or {})
+        return {"name": name, "transport": "stdio", "command": [sys.executable, str(SERVER_SCRIPT), str(path)],
+                "schemapin_domain": self.site.base_url, **extra}  # fmt: skip
+
+    def http(self, name: str, config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        server = HttpMcpServer(self.config_file(name, config or {}))
+        self.http_servers.append(server)
+        return {"name": name, "transport": "streamable_http", "url": server.url,
+                "schemapin_domain": self.site.base_url, **extra}  # fmt: skip
+
+    async def start(self, servers: list[dict[str, Any]], *, mode: str = "strict", **mcp: Any) -> ServiceRunner:
+        overrides = {"mcp.servers": servers, "mcp.tool_verification": mode, "mcp.connection_timeout_s": 5.0,
+                     "mcp.reconnect_max_backoff_s": 1.0, "mcp.call_timeout_s": 10.0}  # fmt: skip
+        overrides |= {f"mcp.{k}": v for k, v in mcp.items()}
+        self.site.publish(self.signer)
+        self.runner = await self.run_service(self.spec, self.settings.with_overrides(overrides))
+        return self.runner
+
+    async def connected(self, *names: str, timeout_s: float = 20.0) -> None:
+        async def up() -> bool:
+            states = {s.name: s.state for s in (await self.ops.servers()).servers}
+            return all(states.get(n) == tools_pb2.MCP_SERVER_STATE_CONNECTED for n in names)
+
+        await eventually(up, timeout_s=timeout_s, what=f"servers {names} connected")
+
+
+def result_json(result: tools_pb2.ToolCallResult) -> Any:
+    return json.loads(result.structured_content_json) if result.structured_content_json else None
