@@ -60,6 +60,7 @@ rules:
     when: subject.id == "small"
     require:
       max_bytes: 16
+      on_exceed: cap
   - name: audited
     effect: require
     actions: [tool_invoke]

@@ -31,6 +31,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import ToolAnnotations
 
 ECHO = "Echo the text back unchanged."
+WIRE = (os.fstat(1).st_dev, os.fstat(1).st_ino)
+"""The pipe the server was started with as stdout (where its JSON-RPC answers go)."""
 
 
 def build(config: dict[str, Any] | None = None) -> MCPServer:
@@ -77,6 +79,14 @@ def build(config: dict[str, Any] | None = None) -> MCPServer:
 
     @tool("garbage", "Writes a line that is not JSON-RPC to stdout.")
     def garbage() -> str:
+        # The SDK moves fd 1 to stderr while it serves; write to the pipe it really answers on.
+        for fd in range(3, 256):
+            try:
+                if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) == WIRE:
+                    os.write(fd, b"this is not JSON-RPC\n")
+                    return "done"
+            except OSError:
+                continue
         os.write(1, b"this is not JSON-RPC\n")
         return "done"
 

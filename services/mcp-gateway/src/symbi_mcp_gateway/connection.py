@@ -69,6 +69,8 @@ class Deps:
 def map_call_error(exc: BaseException, server: str, what: str, status: LinkStatus | None) -> SymbiError:
     """A failed request as a typed error naming the server and the cause."""
     cause = status.failure if status is not None and status.failure else ""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
     if isinstance(exc, SymbiError):
         return exc
     if isinstance(exc, MCPError):
@@ -130,8 +132,6 @@ class ServerConnection:
     def _describe(self, exc: BaseException) -> str:
         if self.status is not None and self.status.failure:
             return self.status.failure
-        if isinstance(exc, BaseExceptionGroup):
-            exc = exc.exceptions[0]
         return map_call_error(exc, self.name, "connect", None).message
 
     def _fail(self, why: str) -> None:
@@ -144,9 +144,12 @@ class ServerConnection:
             self.deps.events("tool.server.disconnected", {"server": self.name, "detail": why, "tier": self.tier})
 
     async def _connected_life(self) -> None:
-        self.state, self.detail = S.MCP_SERVER_STATE_CONNECTING, "waiting for a connection slot"
+        first = not self._down_reported  # while reconnecting, the state stays DISCONNECTED with the last reason
+        if first:
+            self.state, self.detail = S.MCP_SERVER_STATE_CONNECTING, "waiting for a connection slot"
         async with self.deps.slots:
-            self.detail = "connecting"
+            if first:
+                self.detail = "connecting"
             self.status = LinkStatus()
             self._broken = False
             client = Client(
@@ -155,7 +158,13 @@ class ServerConnection:
                 read_timeout_seconds=self.deps.settings.connection_timeout_s,
                 client_info=types.Implementation(name="symbi-mcp-gateway", version=__version__),
             )
-            async with client:
+            async with contextlib.AsyncExitStack() as stack:
+                limit = self.deps.settings.connection_timeout_s
+                try:
+                    async with asyncio.timeout(limit):  # the SDK's own discover probe waits 10s whatever we say
+                        await stack.enter_async_context(client)
+                except TimeoutError:
+                    raise DeadlineExceededError(f"{self.name}: no answer to the handshake within {limit:g}s") from None
                 self.client = client
                 await self._refresh(client)
                 self.state, self.detail, self.attempts = S.MCP_SERVER_STATE_CONNECTED, "connected", 0

@@ -148,7 +148,11 @@ class Invoker:
                 call.who,
                 Target("tool", call.tool_id, tenant=call.who.tenant),
                 operation="call",
-                action_attributes={"bytes": len(req.arguments_json), "verification": entry.verdict.status_name},
+                action_attributes={
+                    "bytes": call.max_bytes,
+                    "arguments_bytes": len(req.arguments_json),
+                    "verification": entry.verdict.status_name,
+                },
                 correlation_id=call.correlation_id,
             )
         )

@@ -53,6 +53,8 @@ class LinkStatus:
     """What happened to one connection's transport (read by the connection after it ends)."""
 
     failure: str = ""
+    closing: bool = False
+    """The client is closing the transport itself: the server's end that follows is no failure."""
     closed: anyio.Event = field(default_factory=anyio.Event)
     received_bytes: int = 0
 
@@ -67,7 +69,7 @@ async def line_transport(pipe: BytePipe, max_message_bytes: int, status: LinkSta
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](STREAM_BUFFER)
 
     def fail(reason: str) -> None:
-        if not status.failure:
+        if not status.failure and not status.closing:
             status.failure = reason
             log.warning("MCP transport closed: %s", reason)
 
@@ -124,6 +126,7 @@ async def line_transport(pipe: BytePipe, max_message_bytes: int, status: LinkSta
         try:
             yield read_stream, write_stream
         finally:
+            status.closing = True
             with anyio.CancelScope(shield=True):
                 await pipe.close()
                 for stream in (read_stream, write_stream, read_writer, write_reader):

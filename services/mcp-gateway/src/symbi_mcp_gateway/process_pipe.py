@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 INHERITED = ("PATH", "HOME", "LANG")
 STDERR_TAIL = 4096
-STOP_WAIT_S = 2.0
+STOP_WAIT_S = 1.0
 
 
 class ProcessPipe:
@@ -102,3 +102,8 @@ class ProcessPipe:
         if process.returncode is None:
             log.error("MCP server %s (pid %d) survived SIGKILL", self.name, process.pid)
         await self._tasks.aclose(1.0)
+        # asyncio keeps the pipes' transport until it is closed; closing it now (not at garbage
+        # collection, perhaps after the loop is gone) releases the descriptors deterministically.
+        transport = getattr(process, "_transport", None)
+        if transport is not None:
+            transport.close()
