@@ -87,8 +87,8 @@ class McpServerConfig(_Section):
     sandbox_memory_mb: int = Field(default=256, ge=32, le=65_536)
     sandbox_cpu_cores: float = Field(default=0.5, gt=0, le=64)
     sandbox_mounts: tuple[Path, ...] = ()
-    """Host directories mounted read-only at the same path (must be under the orchestrator's
-    ``[sandbox].session_mount_roots``)."""
+    """Host directories mounted read-only at ``/mnt/symbi/<n>`` (command arguments under them are
+    rewritten); each must be under the orchestrator's ``[sandbox].session_mount_roots``."""
     enabled: bool = True
 
     @model_validator(mode="after")

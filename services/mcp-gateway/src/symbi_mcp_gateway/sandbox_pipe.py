@@ -3,8 +3,10 @@
 The gateway never touches Docker. It asks the orchestrator of ``[mcp].sandbox_node``
 to open a session (``symbi.sandbox.<node>.session.open``): the server's command in a
 hardened container of the required tier, with the orchestrator's Python packages
-mounted read-only (the ``mcp`` SDK, nothing pulled) and a Python script, when the
-command names one that exists on the gateway's host, mounted as ``/symbi/task/script.py``.
+mounted read-only (the ``mcp`` SDK, nothing pulled), a Python script, when the
+command names one that exists on the gateway's host, mounted as ``/symbi/task/script.py``,
+and each of the server's ``sandbox_mounts`` read-only at ``/mnt/symbi/<n>`` (command
+arguments under a mounted directory are rewritten to the path inside).
 
 Bytes for the server's stdin are requests on the session's stdin subject, each
 acknowledged once written, so they arrive in order and a dead session is noticed at
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 STDERR_TAIL = 4096
 OPEN_TIMEOUT_S = 60.0
 SCRIPT_PATH = "/symbi/task/script.py"
+MOUNT_DIR = "/mnt/symbi"
 
 
 def local_node(configured: str) -> str:
@@ -156,9 +159,12 @@ class SessionOpener:
             command = [SCRIPT_PATH if a == str(script) else a for a in command]
             if "python" in Path(command[0]).name:
                 command[0] = "python3"  # the host's interpreter path means nothing in the image
+        for index, mount in enumerate(config.sandbox_mounts):
+            inside = f"{MOUNT_DIR}/{index}"
+            req.mounts.add(host_path=str(mount), container_path=inside)
+            command = [inside + a[len(str(mount)) :] if a == str(mount) or a.startswith(f"{mount}/") else a
+                       for a in command]  # fmt: skip
         req.spec.entrypoint.extend(command)
-        for mount in config.sandbox_mounts:
-            req.mounts.add(host_path=str(mount), container_path=str(mount))
         req.lease.FromNanoseconds(int(self.settings.sandbox_lease_s * 1e9))
         return req
 
