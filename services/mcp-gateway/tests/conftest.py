@@ -32,6 +32,10 @@ rules:
     effect: allow
     actions: [tool_invoke]
     when: subject.kind == "agent" and subject.capabilities contains "demo_tools"
+  - name: tester-creates-agents
+    effect: allow
+    actions: [agent_create]
+    when: subject.id == "tester"
   - name: no-mallory
     effect: deny
     actions: [tool_invoke]
