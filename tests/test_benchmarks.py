@@ -21,6 +21,7 @@ SMOKE_ARGS = {
     "audit.py": ["--quick"],
     "scheduler.py": ["--quick"],
     "sandbox.py": ["--quick"],
+    "mcp_gateway.py": ["--quick"],
 }
 
 
