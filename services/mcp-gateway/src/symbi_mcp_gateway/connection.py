@@ -360,8 +360,14 @@ async def _piped(
     open_pipe: Callable[[], Awaitable[BytePipe]], limit: int, status: LinkStatus
 ) -> AsyncIterator[TransportStreams]:
     pipe = await open_pipe()
-    async with line_transport(pipe, limit, status) as streams:
-        yield streams
+    entered = False
+    try:
+        async with line_transport(pipe, limit, status) as streams:
+            entered = True
+            yield streams
+    finally:
+        if not entered:  # cancelled before the transport took charge of the pipe: stop the server here
+            await asyncio.shield(pipe.close())
 
 
 TIERS = {"Tier1": sandbox_pb2.SANDBOX_TIER_TIER1_DOCKER, "Tier2": sandbox_pb2.SANDBOX_TIER_TIER2_GVISOR}

@@ -87,23 +87,26 @@ class ProcessPipe:
 
     async def close(self) -> None:
         process = self.process
-        if process.stdin is not None:
-            with contextlib.suppress(OSError, RuntimeError):
-                process.stdin.close()
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if sig is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.pid, sig)
-            try:
-                await asyncio.wait_for(process.wait(), STOP_WAIT_S)
-                break
-            except TimeoutError:
-                continue
-        if process.returncode is None:
-            log.error("MCP server %s (pid %d) survived SIGKILL", self.name, process.pid)
-        await self._tasks.aclose(1.0)
-        # asyncio keeps the pipes' transport until it is closed; closing it now (not at garbage
-        # collection, perhaps after the loop is gone) releases the descriptors deterministically.
-        transport = getattr(process, "_transport", None)
-        if transport is not None:
-            transport.close()
+        try:
+            if process.stdin is not None:
+                with contextlib.suppress(OSError, RuntimeError):
+                    process.stdin.close()
+            for sig in (None, signal.SIGTERM, signal.SIGKILL):
+                if sig is not None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(process.pid, sig)
+                try:
+                    await asyncio.wait_for(process.wait(), STOP_WAIT_S)
+                    break
+                except TimeoutError:
+                    continue
+            if process.returncode is None:
+                log.error("MCP server %s (pid %d) survived SIGKILL", self.name, process.pid)
+            await self._tasks.aclose(1.0)
+        finally:
+            # Whatever interrupted the steps above (a second cancellation at shutdown), the process is
+            # killed if it still runs and its pipes released now, not when the transport is collected,
+            # perhaps after the event loop is gone.
+            transport = getattr(process, "_transport", None)
+            if transport is not None:
+                transport.close()

@@ -46,7 +46,7 @@ class Running:
 
 
 class Registry:
-    def __init__(self, deps: Deps, *, on_failure: object = None) -> None:
+    def __init__(self, deps: Deps) -> None:
         self.deps = deps
         self.sources: dict[str, dict[str, McpServerConfig]] = {kind: {} for kind in PRECEDENCE}
         self.origins: dict[str, str] = {}
@@ -61,7 +61,6 @@ class Registry:
         """Make the servers of source ``kind`` exactly ``configs`` ((config, origin) pairs)."""
         self.sources[kind] = {c.name: c for c, _ in configs}
         for config, origin in configs:
-            self.origins.setdefault(f"{kind}:{config.name}", origin)
             self.origins[f"{kind}:{config.name}"] = origin
         self._reconcile()
 
