@@ -23,6 +23,7 @@ SMOKE_ARGS = {
     "sandbox.py": ["--quick"],
     "messaging.py": ["--quick"],
     "context.py": ["--quick"],
+    "mcp_gateway.py": ["--quick"],
 }
 
 

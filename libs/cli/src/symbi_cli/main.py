@@ -19,7 +19,18 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    from symbi_cli import agent_cmd, audit_cmd, bus_cmd, config_cmd, context_cmd, policy_cmd, serve, status, up
+    from symbi_cli import (
+        agent_cmd,
+        audit_cmd,
+        bus_cmd,
+        config_cmd,
+        context_cmd,
+        policy_cmd,
+        serve,
+        status,
+        tools_cmd,
+        up,
+    )
 
     parser = argparse.ArgumentParser(
         prog="symbi",
@@ -30,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"symbi {__version__}")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file (default: SYMBI_CONFIG_PATH)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (up, serve, status, config_cmd, policy_cmd, audit_cmd, agent_cmd, bus_cmd, context_cmd):
+    for module in (up, serve, status, config_cmd, policy_cmd, audit_cmd, agent_cmd, bus_cmd, context_cmd, tools_cmd):
         module.register(commands)
     return parser
 

@@ -87,6 +87,17 @@ REGISTRY: tuple[EnvVar, ...] = (
         "Timeout to connect to one MCP server, in seconds.",
     ),
     EnvVar("SYMBI_MCP_MAX_CONCURRENT_CONNECTIONS", "mcp.max_concurrent_connections", "MCP connections open at once."),
+    EnvVar(
+        "SYMBI_MCP_REGISTRY_PATH",
+        "mcp.registry_path",
+        "File or directory of MCP server registry files, read when discovery is enabled.",
+    ),
+    EnvVar("SYMBI_MCP_KEYS_DIR", "mcp.keys_dir", "Directory of offline SchemaPin discovery and revocation files."),
+    EnvVar("SYMBI_MCP_CALL_TIMEOUT_S", "mcp.call_timeout_s", "Default and maximum time of one tool call, in seconds."),
+    EnvVar(
+        "SYMBI_MCP_MAX_RESULT_BYTES", "mcp.max_result_bytes", "Default and maximum size of a tool result, in bytes."
+    ),
+    EnvVar("SYMBI_MCP_SANDBOX_NODE", "mcp.sandbox_node", "Orchestrator node that runs sandboxed MCP servers."),
     EnvVar("SYMBI_NATS_URL", "nats.url", "NATS server URL(s), comma-separated."),
     EnvVar("SYMBI_NATS_CONNECT_TIMEOUT_S", "nats.connect_timeout_s", "Deadline to reach NATS at start-up, in seconds."),
     EnvVar("SYMBI_NATS_REQUEST_TIMEOUT_S", "nats.request_timeout_s", "Default request-reply timeout, in seconds."),

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from symbi_common import envvars
 from symbi_common.errors import ConfigError
@@ -80,11 +80,81 @@ class ContextSettings(_Section):
     """Short-term items kept per agent; the oldest go first."""
 
 
+class McpServerConfig(_Section):
+    """One MCP server the gateway connects to (``[[mcp.servers]]`` in TOML, or a registry entry)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """Unique name; the namespace of its tools (``<name>/<tool>``) in policy and audit."""
+    transport: Literal["stdio", "streamable_http"] = "stdio"
+    url: str = ""
+    """Streamable HTTP endpoint, e.g. ``http://127.0.0.1:8000/mcp``."""
+    command: tuple[str, ...] = ()
+    """stdio: the program and its arguments."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """stdio: extra environment variables (the gateway's own environment is not inherited)."""
+    cwd: Path | None = None
+    schemapin_domain: str = ""
+    """Domain whose ``.well-known/schemapin.json`` (or trust-bundle entry) holds the signing key;
+    ``http://`` is accepted for loopback hosts only. Empty: its tools cannot be verified."""
+    signatures: Path | None = None
+    """JSON file of tool signatures published apart from the server (see docs/mcp.md)."""
+    sandboxed: bool = False
+    """stdio: run the server in a sandbox through the orchestrator (a hardened container)."""
+    sandbox_tier: Literal["Tier1", "Tier2"] = "Tier2"
+    sandbox_image: str = "symbi/base:bookworm"
+    sandbox_memory_mb: int = Field(default=256, ge=32, le=65_536)
+    sandbox_cpu_cores: float = Field(default=0.5, gt=0, le=64)
+    sandbox_mounts: tuple[Path, ...] = ()
+    """Host directories mounted read-only at ``/mnt/symbi/<n>`` (command arguments under them are
+    rewritten); each must be under the orchestrator's ``[sandbox].session_mount_roots``."""
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> McpServerConfig:
+        if self.transport == "stdio" and not self.command:
+            raise ValueError(f"server {self.name!r}: a stdio server needs a command")
+        if self.transport == "streamable_http":
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"server {self.name!r}: a streamable_http server needs an http(s) url")
+            if self.sandboxed:
+                raise ValueError(f"server {self.name!r}: only stdio servers can be sandboxed")
+        return self
+
+
 class McpSettings(_Section):
     discovery_enabled: bool = False
     tool_verification: Literal["strict", "warn", "off"] = "strict"
     connection_timeout_s: float = Field(default=30.0, gt=0, le=600)
     max_concurrent_connections: int = Field(default=10, gt=0, le=10_000)
+    servers: tuple[McpServerConfig, ...] = ()
+    """The configured servers (``[[mcp.servers]]``)."""
+    registry_path: Path | None = None
+    """File or directory of server registry files (TOML or JSON with a ``servers`` list), read when
+    discovery is enabled and watched for changes."""
+    trust_bundles: tuple[Path, ...] = ()
+    """SchemaPin trust bundles (offline discovery documents and revocations), tried before .well-known."""
+    keys_dir: Path | None = None
+    """Directory of ``<domain>.json`` discovery and ``<domain>.revocations.json`` files (offline keys)."""
+    well_known_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    discovery_cache_s: float = Field(default=300.0, ge=0, le=86_400)
+    """How long a fetched discovery document (key and revocations) is used before it is fetched again."""
+    call_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """Default and upper bound of one tool call or resource read."""
+    max_result_bytes: int = Field(default=1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    """Default and upper bound of a result returned to the caller; larger results are cut."""
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    """Largest JSON-RPC message accepted from a stdio or sandboxed server; a larger one resets the connection."""
+    max_tools_per_server: int = Field(default=1000, gt=0, le=100_000)
+    refresh_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    """How often each server's tools are listed and verified again."""
+    reconnect_max_backoff_s: float = Field(default=30.0, gt=0, le=3600)
+    agent_calls_per_minute: int = Field(default=0, ge=0)
+    """Default per-agent rate limit on tool calls (0: none beyond what policy attaches)."""
+    tool_calls_per_minute: int = Field(default=0, ge=0)
+    """Default per-agent, per-tool rate limit (0: none beyond what policy attaches)."""
+    sandbox_node: str = ""
+    """Orchestrator node that runs sandboxed servers; empty means this host's node name."""
+    sandbox_lease_s: float = Field(default=30.0, ge=2, le=3600)
 
 
 class NatsSettings(_Section):
@@ -194,6 +264,10 @@ class SandboxSettings(_Section):
     """Docker runner: containers kept started and waiting per tier (0: every task starts cold)."""
     warm_images: tuple[str, ...] = ("symbi/base:bookworm",)
     """Images warm containers may use (each needs python3 for the waiting stub)."""
+    session_mount_roots: tuple[Path, ...] = ()
+    """Host directories under which sandbox sessions may mount paths read-only (none by default)."""
+    max_sessions: int = Field(default=32, ge=0, le=10_000)
+    """Sandbox sessions (long-lived sandboxed processes, e.g. MCP servers) open at once on this node."""
 
 
 class MessagingSettings(_Section):

@@ -165,6 +165,24 @@ def tools(operation: str) -> str:
     return f"{PREFIX}.tools.{token(operation)}"
 
 
+# MCP servers announced for discovery (McpServerAnnouncement, pub-sub; [mcp].discovery_enabled).
+TOOLS_ANNOUNCEMENTS = f"{PREFIX}.tools.announcements"
+
+
+# Sandbox sessions (long-lived processes with stdin/stdout, e.g. sandboxed MCP stdio servers):
+# open, renew and close on one orchestrator; per-session stdin (request-reply) and output.
+def sandbox_session(node: str, operation: str) -> str:
+    return f"{PREFIX}.sandbox.{token(node)}.session.{token(operation)}"
+
+
+def sandbox_session_stdin(node: str, session_id: str) -> str:
+    return f"{PREFIX}.sandbox.{token(node)}.session.{token(session_id)}.stdin"
+
+
+def sandbox_session_output(node: str, session_id: str) -> str:
+    return f"{PREFIX}.sandbox.{token(node)}.session.{token(session_id)}.output"
+
+
 def dotted(value: str) -> str:
     """Validate a dotted name whose parts are each one subject token."""
     for part in value.split("."):

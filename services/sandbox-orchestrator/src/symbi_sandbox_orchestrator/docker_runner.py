@@ -376,10 +376,20 @@ class DockerRunner:
 
         return await asyncio.to_thread(sweep)
 
-    async def start(self, task: task_pb2.Task, on_output: OutputSink | None = None) -> DockerExecution:
-        runtime = TIER_RUNTIMES.get(TIERS.get(task.tier, ""), "")
+    def runtime_for(self, tier: int) -> str:
+        """The runtime of ``tier`` on this node; ``FailedPreconditionError`` if the node cannot run it."""
+        runtime = TIER_RUNTIMES.get(TIERS.get(tier, ""), "")  # type: ignore[call-overload]
         if not runtime or runtime not in self._runtimes:
-            raise FailedPreconditionError(f"no {runtime or 'runtime'} for {TIERS.get(task.tier, 'this tier')} here")
+            raise FailedPreconditionError(f"no {runtime or 'runtime'} for {TIERS.get(tier, 'this tier')} here")  # type: ignore[call-overload]
+        return runtime
+
+    @property
+    def io_device(self) -> str | None:
+        """The disk block-I/O limits apply to (None when there is none to name)."""
+        return self._io_device
+
+    async def start(self, task: task_pb2.Task, on_output: OutputSink | None = None) -> DockerExecution:
+        runtime = self.runtime_for(task.tier)
         image = task.spec.image
         if not image:
             raise InvalidArgumentError("the task names no image")

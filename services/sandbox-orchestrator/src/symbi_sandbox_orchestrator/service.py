@@ -2,6 +2,8 @@
 
 The worker (``worker.py``) implements the scheduler's contract on
 ``symbi.sandbox.<node>.*`` and reports capacity on ``symbi.worker.<node>.capacity``.
+With the Docker runner, sandbox sessions (``sessions.py``: long-lived sandboxed
+processes with stdin and output over NATS, e.g. MCP stdio servers) are served too.
 The ``docker`` runner (the default) runs Tier 1 under runc and Tier 2 under runsc;
 a tier whose runtime the daemon lacks is reported unavailable in every capacity
 report, so nothing is placed here that would run with weaker isolation. With the
@@ -27,6 +29,7 @@ from symbi_common.settings import Settings
 from symbi_sandbox_orchestrator.docker_runner import DockerRunner
 from symbi_sandbox_orchestrator.runners import Runner, SimulatedRunner
 from symbi_sandbox_orchestrator.runtimes import probe_docker
+from symbi_sandbox_orchestrator.sessions import SessionManager
 from symbi_sandbox_orchestrator.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,11 @@ async def setup(ctx: ServiceContext) -> None:
         log.warning("removed %d sandboxes a previous instance on node %s left behind", removed, node)
     worker = Worker(ctx.nc, node, runner, cfg, ctx.instance_id, on_error=ctx.health.record_error)
     await worker.register(ctx.serve)
+    if isinstance(runner, DockerRunner):  # sessions (long-lived stdio processes) need the Docker runner
+        sessions = SessionManager(ctx.nc, node, runner, cfg, on_change=worker.changed)
+        worker.reservations = sessions.reserved
+        await sessions.register(ctx.serve)
+        ctx.stack.push_async_callback(sessions.drain, DRAIN_GRACE_S)
     ctx.tasks.spawn(worker.report_capacity(), name="capacity-reports")
 
     async def follow_the_engine() -> None:

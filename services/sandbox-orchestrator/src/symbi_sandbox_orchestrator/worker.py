@@ -90,6 +90,8 @@ class Worker:
         self.on_error = on_error
         self.total = host_capacity(settings)
         self.slots: dict[str, Slot] = {}
+        self.reservations: Callable[[], list[common_pb2.ResourceLimits]] = list
+        """Limits of what else runs here (sandbox sessions), counted against the capacity offered."""
         self.draining = False
         self._sequence = 0
         self._changed = asyncio.Event()
@@ -103,8 +105,7 @@ class Worker:
     def allocatable(self) -> task_pb2.ResourceCapacity:
         free = task_pb2.ResourceCapacity()
         free.CopyFrom(self.total)
-        for slot in self.running():
-            limits = slot.task.limits
+        for limits in [slot.task.limits for slot in self.running()] + self.reservations():
             free.memory_mb -= min(free.memory_mb, limits.memory_mb)
             free.cpu_cores = max(0.0, round(free.cpu_cores - limits.cpu_cores, 6))
             free.disk_io_mbps -= min(free.disk_io_mbps, limits.disk_io_mbps)

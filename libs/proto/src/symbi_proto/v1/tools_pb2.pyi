@@ -14,6 +14,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from symbi_proto.v1 import common_pb2 as _common_pb2
 from symbi_proto.v1 import policy_pb2 as _policy_pb2
+from symbi_proto.v1 import sandbox_pb2 as _sandbox_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -90,6 +91,14 @@ class _VerificationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ve
     """Key discovery failed (unreachable, malformed .well-known document)."""
     VERIFICATION_STATUS_SKIPPED: _VerificationStatus.ValueType  # 7
     """Verification disabled (tool_verification = "off")."""
+    VERIFICATION_STATUS_SCHEMA_ONLY: _VerificationStatus.ValueType  # 8
+    """Only a plain SchemaPin signature of the input schema verifies: name and description
+    are not covered by it. Refused in strict mode; offered, flagged, in warn mode.
+    """
+    VERIFICATION_STATUS_DESCRIPTOR_CHANGED: _VerificationStatus.ValueType  # 9
+    """Schema-only coverage, and the uncovered part of the descriptor (name, description,
+    ...) differs from what was pinned; refused until an operator re-pins.
+    """
 
 class VerificationStatus(_VerificationStatus, metaclass=_VerificationStatusEnumTypeWrapper):
     """Outcome of SchemaPin verification of a tool descriptor. Anything but VERIFIED
@@ -111,6 +120,14 @@ VERIFICATION_STATUS_DISCOVERY_FAILED: VerificationStatus.ValueType  # 6
 """Key discovery failed (unreachable, malformed .well-known document)."""
 VERIFICATION_STATUS_SKIPPED: VerificationStatus.ValueType  # 7
 """Verification disabled (tool_verification = "off")."""
+VERIFICATION_STATUS_SCHEMA_ONLY: VerificationStatus.ValueType  # 8
+"""Only a plain SchemaPin signature of the input schema verifies: name and description
+are not covered by it. Refused in strict mode; offered, flagged, in warn mode.
+"""
+VERIFICATION_STATUS_DESCRIPTOR_CHANGED: VerificationStatus.ValueType  # 9
+"""Schema-only coverage, and the uncovered part of the descriptor (name, description,
+...) differs from what was pinned; refused until an operator re-pins.
+"""
 Global___VerificationStatus: _TypeAlias = VerificationStatus  # noqa: Y015
 
 class _VerificationMode:
@@ -153,6 +170,10 @@ class McpServer(_message.Message):
     TOOL_COUNT_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     SANDBOXED_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SANDBOX_TIER_FIELD_NUMBER: _builtins.int
+    RECONNECT_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REFUSED_TOOL_COUNT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique server name (used as the tool namespace)."""
     transport: Global___McpTransport.ValueType
@@ -165,6 +186,14 @@ class McpServer(_message.Message):
     tool_count: _builtins.int
     sandboxed: _builtins.bool
     """Run the server inside a sandbox (stdio servers launched by the orchestrator)."""
+    source: _builtins.str
+    """Where it came from: "config", "registry:<path>" or "announcement:<announced_by>"."""
+    sandbox_tier: _sandbox_pb2.SandboxTier.ValueType
+    """Tier of the sandbox it runs in when sandboxed."""
+    reconnect_attempts: _builtins.int
+    """Reconnection attempts since it was last connected."""
+    refused_tool_count: _builtins.int
+    """Tools refused by verification (not offered)."""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Command line (STDIO)."""
@@ -184,10 +213,14 @@ class McpServer(_message.Message):
         tool_count: _builtins.int = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
         sandboxed: _builtins.bool = ...,
+        source: _builtins.str = ...,
+        sandbox_tier: _sandbox_pb2.SandboxTier.ValueType = ...,
+        reconnect_attempts: _builtins.int = ...,
+        refused_tool_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "detail", b"detail", "last_seen", b"last_seen", "name", b"name", "sandboxed", b"sandboxed", "schemapin_domain", b"schemapin_domain", "state", b"state", "tool_count", b"tool_count", "transport", b"transport", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "detail", b"detail", "last_seen", b"last_seen", "name", b"name", "reconnect_attempts", b"reconnect_attempts", "refused_tool_count", b"refused_tool_count", "sandbox_tier", b"sandbox_tier", "sandboxed", b"sandboxed", "schemapin_domain", b"schemapin_domain", "source", b"source", "state", b"state", "tool_count", b"tool_count", "transport", b"transport", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -209,6 +242,8 @@ class ToolVerification(_message.Message):
     PINNED_AT_FIELD_NUMBER: _builtins.int
     VERIFIED_AT_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    OFFERED_FIELD_NUMBER: _builtins.int
     status: Global___VerificationStatus.ValueType
     mode: Global___VerificationMode.ValueType
     key_fingerprint: _builtins.str
@@ -222,6 +257,12 @@ class ToolVerification(_message.Message):
     pinned: _builtins.bool
     """The key is pinned (TOFU) for this tool."""
     detail: _builtins.str
+    coverage: _builtins.str
+    """What the verified signature covers: "symbi-descriptor-v1" (name, title, description,
+    input and output schema, annotations) or "schema" (the input schema only, plain SchemaPin).
+    """
+    offered: _builtins.bool
+    """The tool is offered to agents (verified, or flagged in warn/off mode)."""
     @_builtins.property
     def pinned_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -239,10 +280,12 @@ class ToolVerification(_message.Message):
         pinned_at: _timestamp_pb2.Timestamp | None = ...,
         verified_at: _timestamp_pb2.Timestamp | None = ...,
         detail: _builtins.str = ...,
+        coverage: _builtins.str = ...,
+        offered: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pinned_at", b"pinned_at", "verified_at", b"verified_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["descriptor_sha256", b"descriptor_sha256", "detail", b"detail", "domain", b"domain", "key_fingerprint", b"key_fingerprint", "mode", b"mode", "pinned", b"pinned", "pinned_at", b"pinned_at", "signature", b"signature", "status", b"status", "verified_at", b"verified_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "descriptor_sha256", b"descriptor_sha256", "detail", b"detail", "domain", b"domain", "key_fingerprint", b"key_fingerprint", "mode", b"mode", "offered", b"offered", "pinned", b"pinned", "pinned_at", b"pinned_at", "signature", b"signature", "status", b"status", "verified_at", b"verified_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -388,6 +431,8 @@ class ToolCallRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     MAX_RESULT_BYTES_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REQUESTER_ROLES_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """Unique id of this call (UUIDv7), for audit and idempotency."""
     agent_id: _builtins.str
@@ -399,9 +444,15 @@ class ToolCallRequest(_message.Message):
     """Result size cap in bytes; the gateway's default when 0, capped by it."""
     correlation_id: _builtins.str
     """Correlation id of the wider operation."""
+    requested_by: _builtins.str
+    """Caller when no agent_id is given (an operator's CLI or the API): a user id."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """Per-call timeout; the gateway's default when unset, capped by it."""
+
+    @_builtins.property
+    def requester_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Roles of requested_by, for policy."""
 
     def __init__(
         self,
@@ -414,10 +465,12 @@ class ToolCallRequest(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         max_result_bytes: _builtins.int = ...,
         correlation_id: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+        requester_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "arguments_json", b"arguments_json", "call_id", b"call_id", "correlation_id", b"correlation_id", "max_result_bytes", b"max_result_bytes", "server", b"server", "timeout", b"timeout", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "arguments_json", b"arguments_json", "call_id", b"call_id", "correlation_id", b"correlation_id", "max_result_bytes", b"max_result_bytes", "requested_by", b"requested_by", "requester_roles", b"requester_roles", "server", b"server", "timeout", b"timeout", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -474,6 +527,8 @@ class ToolCallResult(_message.Message):
     RESULT_SHA256_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    SANDBOX_TIER_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     is_error: _builtins.bool
     structured_content_json: _builtins.str
@@ -482,6 +537,10 @@ class ToolCallResult(_message.Message):
     """SHA-256 of the canonical result, recorded in audit."""
     truncated: _builtins.bool
     """The result was cut at max_result_bytes."""
+    correlation_id: _builtins.str
+    """Correlation id linking the decision and outcome audit events of this call."""
+    sandbox_tier: _sandbox_pb2.SandboxTier.ValueType
+    """Sandbox tier the server ran in for this call; UNSPECIFIED when it ran unsandboxed."""
     @_builtins.property
     def content(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolContent]: ...
     @_builtins.property
@@ -506,10 +565,12 @@ class ToolCallResult(_message.Message):
         result_sha256: _builtins.bytes = ...,
         truncated: _builtins.bool = ...,
         decision: _policy_pb2.PolicyDecision | None = ...,
+        correlation_id: _builtins.str = ...,
+        sandbox_tier: _sandbox_pb2.SandboxTier.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "duration", b"duration", "error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "content", b"content", "decision", b"decision", "duration", b"duration", "error", b"error", "is_error", b"is_error", "result_sha256", b"result_sha256", "structured_content_json", b"structured_content_json", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "content", b"content", "correlation_id", b"correlation_id", "decision", b"decision", "duration", b"duration", "error", b"error", "is_error", b"is_error", "result_sha256", b"result_sha256", "sandbox_tier", b"sandbox_tier", "structured_content_json", b"structured_content_json", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -556,17 +617,25 @@ class ListResourcesRequest(_message.Message):
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SERVER_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REQUESTER_ROLES_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     server: _builtins.str
+    requested_by: _builtins.str
+    """Caller when no agent_id is given (a user id), and its roles."""
+    @_builtins.property
+    def requester_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         server: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+        requester_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "server", b"server"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "requested_by", b"requested_by", "requester_roles", b"requester_roles", "server", b"server"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -609,13 +678,21 @@ class ReadResourceRequest(_message.Message):
     URI_FIELD_NUMBER: _builtins.int
     MAX_BYTES_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REQUESTER_ROLES_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     server: _builtins.str
     uri: _builtins.str
     max_bytes: _builtins.int
     """Size cap in bytes; the gateway's default when 0."""
+    requested_by: _builtins.str
+    """Caller when no agent_id is given (a user id), and its roles."""
+    correlation_id: _builtins.str
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def requester_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -624,10 +701,13 @@ class ReadResourceRequest(_message.Message):
         uri: _builtins.str = ...,
         max_bytes: _builtins.int = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        requested_by: _builtins.str = ...,
+        requester_roles: _abc.Iterable[_builtins.str] | None = ...,
+        correlation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "max_bytes", b"max_bytes", "server", b"server", "timeout", b"timeout", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "correlation_id", b"correlation_id", "max_bytes", b"max_bytes", "requested_by", b"requested_by", "requester_roles", b"requester_roles", "server", b"server", "timeout", b"timeout", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -706,12 +786,18 @@ class ToolPin(_message.Message):
     KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
     PINNED_AT_FIELD_NUMBER: _builtins.int
     PINNED_BY_FIELD_NUMBER: _builtins.int
+    DESCRIPTOR_SHA256_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
     server: _builtins.str
     tool: _builtins.str
     domain: _builtins.str
     key_fingerprint: _builtins.str
     pinned_by: _builtins.str
     """Subject id that pinned it; "tofu" for trust on first use."""
+    descriptor_sha256: _builtins.str
+    """SHA-256 of the canonical descriptor when it was pinned, hex."""
+    coverage: _builtins.str
+    """What the signature that was verified before pinning covers (see ToolVerification)."""
     @_builtins.property
     def pinned_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -723,10 +809,12 @@ class ToolPin(_message.Message):
         key_fingerprint: _builtins.str = ...,
         pinned_at: _timestamp_pb2.Timestamp | None = ...,
         pinned_by: _builtins.str = ...,
+        descriptor_sha256: _builtins.str = ...,
+        coverage: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pinned_at", b"pinned_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "key_fingerprint", b"key_fingerprint", "pinned_at", b"pinned_at", "pinned_by", b"pinned_by", "server", b"server", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "descriptor_sha256", b"descriptor_sha256", "domain", b"domain", "key_fingerprint", b"key_fingerprint", "pinned_at", b"pinned_at", "pinned_by", b"pinned_by", "server", b"server", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -785,11 +873,16 @@ class PinToolRequest(_message.Message):
     TOOL_FIELD_NUMBER: _builtins.int
     KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REQUESTER_ROLES_FIELD_NUMBER: _builtins.int
     server: _builtins.str
     tool: _builtins.str
     key_fingerprint: _builtins.str
     """Expected fingerprint of the key to pin; the call fails if discovery finds another."""
     requested_by: _builtins.str
+    @_builtins.property
+    def requester_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Roles of requested_by, for the admin policy decision on the pin."""
+
     def __init__(
         self,
         *,
@@ -797,10 +890,11 @@ class PinToolRequest(_message.Message):
         tool: _builtins.str = ...,
         key_fingerprint: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        requester_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_fingerprint", b"key_fingerprint", "requested_by", b"requested_by", "server", b"server", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_fingerprint", b"key_fingerprint", "requested_by", b"requested_by", "requester_roles", b"requester_roles", "server", b"server", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -841,23 +935,50 @@ class UnpinToolRequest(_message.Message):
     SERVER_FIELD_NUMBER: _builtins.int
     TOOL_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REQUESTER_ROLES_FIELD_NUMBER: _builtins.int
     server: _builtins.str
     tool: _builtins.str
     requested_by: _builtins.str
+    @_builtins.property
+    def requester_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Roles of requested_by, for the admin policy decision on the pin."""
+
     def __init__(
         self,
         *,
         server: _builtins.str = ...,
         tool: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        requester_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requested_by", b"requested_by", "server", b"server", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requested_by", b"requested_by", "requester_roles", b"requester_roles", "server", b"server", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnpinToolRequest: _TypeAlias = UnpinToolRequest  # noqa: Y015
+
+@_typing.final
+class RefreshServer(_message.Message):
+    """Tells every gateway replica to list and verify a server again (pins changed); published."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_FIELD_NUMBER: _builtins.int
+    server: _builtins.str
+    def __init__(
+        self,
+        *,
+        server: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["server", b"server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshServer: _TypeAlias = RefreshServer  # noqa: Y015
 
 @_typing.final
 class UnpinToolResponse(_message.Message):
@@ -936,22 +1057,32 @@ class McpServerAnnouncement(_message.Message):
     SERVER_FIELD_NUMBER: _builtins.int
     ANNOUNCED_BY_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_FIELD_NUMBER: _builtins.int
     announced_by: _builtins.str
     """Who announced it (instance id or registry file)."""
+    withdrawn: _builtins.bool
+    """The announcer withdraws the server."""
     @_builtins.property
     def server(self) -> Global___McpServer: ...
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """The server is forgotten unless announced again within this time; unset: until withdrawn."""
+
     def __init__(
         self,
         *,
         server: Global___McpServer | None = ...,
         announced_by: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        withdrawn: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["server", b"server", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server", b"server", "time", b"time", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["announced_by", b"announced_by", "server", b"server", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["announced_by", b"announced_by", "server", b"server", "time", b"time", "ttl", b"ttl", "withdrawn", b"withdrawn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
