@@ -143,3 +143,20 @@ def test_with_overrides_revalidates() -> None:
     assert settings.nats.servers == ["nats://x:1"]
     with pytest.raises(ConfigError, match="scheduler_threads"):
         Settings().with_overrides({"runtime.scheduler_threads": -1})
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_the_file(tmp_path: Path) -> None:
+    conf = tmp_path / "conf" / "symbi.toml"
+    conf.parent.mkdir()
+    conf.write_text(
+        '[mcp]\nkeys_dir = "keys"\ntrust_bundles = ["b/one.json", "/abs/two.json"]\n'
+        '[[mcp.servers]]\nname = "s"\ncommand = ["python3", "server.py"]\ncwd = "tools"\n'
+        '[security]\naudit_storage = "../audit"\n'
+    )
+    settings = load_settings(conf, environ={"SYMBI_NATS_CREDENTIALS": "relative.creds"})
+    assert settings.mcp.keys_dir == conf.parent / "keys"
+    assert settings.mcp.trust_bundles == (conf.parent / "b" / "one.json", Path("/abs/two.json"))
+    assert settings.mcp.servers[0].cwd == conf.parent / "tools"
+    assert settings.mcp.servers[0].command == ("python3", "server.py")  # arguments are not paths
+    assert settings.security.audit_storage == conf.parent / ".." / "audit"
+    assert settings.nats.credentials == Path("relative.creds")  # environment values stay as given

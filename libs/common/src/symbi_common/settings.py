@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -360,7 +361,7 @@ def load_settings(
     data: dict[str, dict[str, Any]] = {}
     sources: dict[tuple[str, str], str] = {}
     if config_path is not None:
-        data = _read_toml(config_path)
+        data = _resolve_paths(Settings, _read_toml(config_path), config_path.resolve().parent)
         for section, values in data.items():
             for key in values:
                 sources[(section, key)] = f"in {config_path}"
@@ -377,6 +378,37 @@ def load_settings(
         raise ConfigError(_describe(exc, sources)) from None
     check_secrets(settings)
     return settings
+
+
+def _resolve_paths(model: type[BaseModel], data: Any, base: Path) -> Any:
+    """Relative paths in a config file are relative to the file's directory (not to where a process runs).
+
+    Applies to every field typed as a path (or a tuple of paths), in sections and in
+    nested tables such as ``[[mcp.servers]]``; values that are not what the field expects
+    are left for validation to report.
+    """
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name, field in model.model_fields.items():
+        if name not in out:
+            continue
+        out[name] = _resolve_value(field.annotation, out[name], base)
+    return out
+
+
+def _resolve_value(annotation: Any, value: Any, base: Path) -> Any:
+    args = typing.get_args(annotation)
+    if annotation is Path:
+        return str(base / value) if isinstance(value, str) and value and not Path(value).is_absolute() else value
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _resolve_paths(annotation, value, base)
+    if args and isinstance(value, (list, tuple)) and typing.get_origin(annotation) is tuple:
+        return [_resolve_value(args[0], item, base) for item in value]
+    for option in args:  # Optional[...] and other unions: the first member that is a path or a model
+        if option is Path or (isinstance(option, type) and issubclass(option, BaseModel)):
+            return _resolve_value(option, value, base)
+    return value
 
 
 def _read_toml(path: Path) -> dict[str, dict[str, Any]]:

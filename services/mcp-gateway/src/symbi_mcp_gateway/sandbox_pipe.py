@@ -4,7 +4,8 @@ The gateway never touches Docker. It asks the orchestrator of ``[mcp].sandbox_no
 to open a session (``symbi.sandbox.<node>.session.open``): the server's command in a
 hardened container of the required tier, with the orchestrator's Python packages
 mounted read-only (the ``mcp`` SDK, nothing pulled), a Python script, when the
-command names one that exists on the gateway's host, mounted as ``/symbi/task/script.py``,
+command names one that exists on the gateway's host (relative to the server's ``cwd``),
+mounted as ``/symbi/task/script.py``,
 and each of the server's ``sandbox_mounts`` read-only at ``/mnt/symbi/<n>`` (command
 arguments under a mounted directory are rewritten to the path inside).
 
@@ -153,10 +154,11 @@ class SessionOpener:
         req.spec.image = config.sandbox_image
         req.spec.env.update(config.env)
         req.labels["symbi.mcp.server"] = config.name
-        script = next((Path(a) for a in command[1:] if a.endswith(".py") and Path(a).is_file()), None)
-        if script is not None:
-            req.spec.script = script.read_text(encoding="utf-8")
-            command = [SCRIPT_PATH if a == str(script) else a for a in command]
+        base = config.cwd or Path.cwd()  # a relative script is where the server would run: its cwd
+        script_arg = next((a for a in command[1:] if a.endswith(".py") and (base / a).is_file()), None)
+        if script_arg is not None:
+            req.spec.script = (base / script_arg).read_text(encoding="utf-8")
+            command = [SCRIPT_PATH if a == script_arg else a for a in command]
             if "python" in Path(command[0]).name:
                 command[0] = "python3"  # the host's interpreter path means nothing in the image
         for index, mount in enumerate(config.sandbox_mounts):

@@ -29,10 +29,11 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from symbi_common import natsio, subjects
+from symbi_common.audit_events import AuditPublisher
 from symbi_common.errors import ConflictError, NotFoundError, SymbiError
 from symbi_common.lifecycle_client import LifecycleClient
 from symbi_common.supervisor import Supervisor
-from symbi_proto.v1 import agent_pb2, task_pb2
+from symbi_proto.v1 import agent_pb2, audit_pb2, sandbox_pb2, task_pb2
 from symbi_scheduler.core import Outcome, Place, Preempt, SchedulerCore, Stop
 from symbi_scheduler.store import TaskStore
 
@@ -86,6 +87,7 @@ class Engine:
         start_timeout_s: float,
         stop_timeout_s: float = 30.0,
         supervisor: Supervisor,
+        audit: AuditPublisher | None = None,
     ) -> None:
         self.nc = nc
         self.core = core
@@ -95,6 +97,7 @@ class Engine:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.tasks = supervisor
+        self.audit = audit
         self.wake = asyncio.Event()
         self.paused = False
         self.agent_cpu: dict[str, float] = {}
@@ -249,6 +252,8 @@ class Engine:
         if tracked is None:
             return
         task = tracked.status.task
+        if outcome in (Outcome.DONE, Outcome.LIMIT):
+            await self._audit_finished(tracked.status, report)
         if outcome is Outcome.DONE:
             self._count_usage(task.agent_id, report)
             await self._agent_done(task, tracked.status.reason, usage=report.usage)
@@ -267,6 +272,38 @@ class Engine:
                 log.warning("cannot suspend agent %s after a limit breach: %s", task.agent_id, exc.message)
         if outcome is not Outcome.NOTHING:
             self.wake.set()
+
+    async def _audit_finished(self, status: task_pb2.TaskStatus, report: task_pb2.TaskStatusReport) -> None:
+        """``task.finished``: how the task ended, where and in what sandbox, linked to its admission."""
+        if self.audit is None:
+            return
+        task = status.task
+        details = {
+            "task_id": task.task_id,
+            "state": T.TaskState.Name(report.state).removeprefix("TASK_STATE_").lower(),
+            "exit_reason": T.TaskExitReason.Name(report.exit_reason).removeprefix("TASK_EXIT_REASON_").lower(),
+            "exit_code": report.exit_code if report.HasField("exit_code") else None,
+            "detail": report.detail[:500],
+            "node": report.node,
+            "runtime": report.runtime,
+            "tier": sandbox_pb2.SandboxTier.Name(report.tier).removeprefix("SANDBOX_TIER_").lower(),
+            "sandbox_id": report.sandbox_id,
+            "cpu_seconds": report.usage.cpu_seconds,
+            "output_bytes": report.output_bytes,
+            "decision_id": task.decision_id,
+        }
+        ok = report.state == T.TASK_STATE_SUCCEEDED
+        try:
+            await self.audit.record(
+                "task.finished",
+                agent_id=task.agent_id,
+                tenant=task.tenant,
+                correlation_id=task.task_id,
+                details=details,
+                outcome=audit_pb2.AUDIT_OUTCOME_SUCCESS if ok else audit_pb2.AUDIT_OUTCOME_FAILURE,
+            )
+        except SymbiError as exc:
+            log.error("task.finished of %s not audited: %s", task.task_id, exc.message)
 
     async def _agent_done(
         self, task: task_pb2.Task, reason: str, *, usage: object = None, requeued: bool = False

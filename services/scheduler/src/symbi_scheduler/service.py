@@ -61,7 +61,10 @@ async def setup(ctx: ServiceContext) -> None:
     )
     lifecycle = LifecycleClient(ctx.nc, timeout_s=ctx.settings.nats.request_timeout_s, actor=ctx.instance_id)
     metrics = SchedulerMetrics(ctx.metrics)
-    engine = Engine(ctx.nc, core, store, lifecycle, metrics, start_timeout_s=cfg.start_timeout_s, supervisor=ctx.tasks)
+    audit = AuditPublisher(ctx.js, ctx.instance_id, enabled=ctx.settings.security.audit_enabled)
+    engine = Engine(
+        ctx.nc, core, store, lifecycle, metrics, start_timeout_s=cfg.start_timeout_s, supervisor=ctx.tasks, audit=audit
+    )
     restored = core.restore(await store.load_active(), engine.now())
     log.info("restored %d tasks (%d waiting)", restored, core.queue.waiting)
 
@@ -113,7 +116,7 @@ async def setup(ctx: ServiceContext) -> None:
         engine,
         lifecycle,
         policy,
-        AuditPublisher(ctx.js, ctx.instance_id, enabled=ctx.settings.security.audit_enabled),
+        audit,
         default_tier=ctx.settings.runtime.default_sandbox_tier,
         max_queued=cfg.max_queued,
         grace_s=ctx.settings.lifecycle.grace_period_s,
