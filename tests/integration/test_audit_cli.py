@@ -88,6 +88,16 @@ async def test_export_verify_offline_and_query_online(
                                  "--witness", str(witness), "--signatures")  # fmt: skip
     assert code == 0, err
     assert out.startswith("ok: 32 events")
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{sent[3].event_id}\n{denied.event_id}\n")
+    code, out, err = await symbi("audit", "verify", str(exported), "--public-key", str(keys),
+                                 "--prove", sent[29].event_id, "--prove-file", str(ids))  # fmt: skip
+    assert code == 0, err
+    assert out.count("proven ") == 3
+    assert f"proven {denied.event_id} (policy.decision): leaf 31 of 32" in out
+    code, _, err = await symbi("audit", "verify", str(exported), "--public-key", str(keys), "--prove", "no-such-id")
+    assert code == 1
+    assert "NOT PROVEN no-such-id" in err
 
     segment = storage.segments(exported / "log")[0][1]
     records = [item for item in storage.read_records(segment) if not isinstance(item, storage.BadRecord)]

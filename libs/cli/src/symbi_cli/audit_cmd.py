@@ -52,6 +52,14 @@ def register(commands: Any) -> None:
     verify.add_argument("--signatures", action="store_true", help="also check every event's signature (slower)")
     witness_help = "a checkpoint saved earlier (`symbi audit checkpoint --save`); the log must extend it"
     verify.add_argument("--witness", type=Path, action="append", default=[], help=witness_help)
+    verify.add_argument(
+        "--prove",
+        metavar="EVENT_ID",
+        action="append",
+        default=[],
+        help="also prove this event is in the verified log under its last signed checkpoint (repeatable)",
+    )
+    verify.add_argument("--prove-file", type=Path, help="a file of event ids to prove, one per line")
     export = add("export", "copy a log's public files (no private keys) into a directory for auditors", _export)
     export.add_argument("out", type=Path)
     export.add_argument("--storage", type=Path, help="the audit storage directory (default: [security].audit_storage)")
@@ -95,6 +103,10 @@ def _verify(args: argparse.Namespace) -> int:
     witness = [_read_checkpoint(path) for path in args.witness]
     started = dt.datetime.now(dt.UTC)
     result = verify_directory(args.directory, trusted, check_event_signatures=args.signatures, witness=witness)
+    wanted = list(args.prove)
+    if args.prove_file is not None:
+        wanted += [line.strip() for line in args.prove_file.read_text().splitlines() if line.strip()]
+    proofs_ok = _prove(args, result, wanted) if result.ok and wanted else not wanted
     if args.json:
         print(json.dumps(MessageToDict(result, preserving_proto_field_name=True), indent=2))
     elif result.ok:
@@ -108,7 +120,24 @@ def _verify(args: argparse.Namespace) -> int:
         where = f"event {result.failure.sequence}" if result.failure.HasField("sequence") else "the log"
         print(f"FAILED at {where}: {kind.lower()}: {result.failure.detail}", file=sys.stderr)
         print(f"({result.events_checked} events verified before it)", file=sys.stderr)
-    return 0 if result.ok else 1
+    return 0 if result.ok and proofs_ok else 1
+
+
+def _prove(args: argparse.Namespace, result: audit_pb2.VerifyResponse, event_ids: list[str]) -> bool:
+    """Print an inclusion proof of each event under the log's last verified checkpoint."""
+    from symbi_audit.verify import prove_inclusion
+
+    proofs = prove_inclusion(args.directory, event_ids, result.checkpoint)
+    ok = True
+    for event_id, proof in proofs.items():
+        if proof is None or not proof.proven:
+            ok = False
+            why = "not in the log under its last checkpoint" if proof is None else "the proof does not verify"
+            print(f"NOT PROVEN {event_id}: {why}", file=sys.stderr)
+        elif not args.json:
+            print(f"proven {event_id} ({proof.event.event_type}): leaf {proof.leaf_index} of {proof.tree_size}, "
+                  f"{len(proof.path)} hashes to root {result.checkpoint.root_hash.hex()[:16]}...")  # fmt: skip
+    return ok
 
 
 def _read_checkpoint(path: Path) -> audit_pb2.Checkpoint:

@@ -384,3 +384,47 @@ def _check_witness(state: _State, cp: audit_pb2.Checkpoint) -> None:
             size,
         )
     state.checked_checkpoints += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Inclusion:
+    """An event proven to be in the log under a checkpoint (RFC 9162 inclusion proof)."""
+
+    event: audit_pb2.AuditEvent
+    leaf_index: int
+    tree_size: int
+    path: list[bytes]
+    proven: bool
+
+
+def prove_inclusion(
+    directory: Path, event_ids: Sequence[str], checkpoint: audit_pb2.Checkpoint
+) -> dict[str, Inclusion | None]:
+    """Inclusion proofs, from the files alone, of ``event_ids`` under ``checkpoint``.
+
+    ``checkpoint`` is one ``verify_directory`` has verified (its signature and root);
+    each proof is built from the recomputed leaves and checked against that root. An
+    event that is not in the log, or not yet under the checkpoint, maps to None.
+    """
+    from symbi_audit.merkle import verify_inclusion
+
+    wanted = set(event_ids)
+    found: dict[str, tuple[int, audit_pb2.AuditEvent]] = {}
+    tree = MerkleTree()
+    for item in _events(directory):
+        if isinstance(item, Failed) or tree.size >= checkpoint.tree_size:
+            break
+        if item.event_id in wanted:
+            found[item.event_id] = (tree.size, item)
+        tree.append(canonical.leaf_hash(item))
+    out: dict[str, Inclusion | None] = {}
+    for event_id in event_ids:
+        if event_id not in found or tree.size < checkpoint.tree_size:
+            out[event_id] = None
+            continue
+        index, event = found[event_id]
+        path = tree.inclusion_proof(index, checkpoint.tree_size)
+        leaf = canonical.leaf_hash(event)
+        ok = verify_inclusion(index, checkpoint.tree_size, leaf, path, checkpoint.root_hash)
+        out[event_id] = Inclusion(event, index, checkpoint.tree_size, path, ok)
+    return out
