@@ -140,8 +140,13 @@ def build_event(
     correlation_id: str = "",
     tenant: str = "",
     data_labels: Iterable[str] = (),
+    trace_id: str | None = None,
 ) -> audit_pb2.AuditEvent:
-    """A new event with a fresh id, the current time and the current trace id."""
+    """A new event with a fresh id, the current time and ``trace_id`` (default: the current span's).
+
+    Events built later, off the caller's path (``AuditBuffer.offer`` of a builder), must be
+    given the trace id captured when the action happened (``current_trace_id()``).
+    """
     _checked_type(event_type)
     event = audit_pb2.AuditEvent(
         event_id=new_id(),
@@ -155,10 +160,14 @@ def build_event(
     )
     fill_details(event.details, details)
     event.timestamp.seconds, event.timestamp.nanos = divmod(time.time_ns(), 1_000_000_000)
-    span = trace.get_current_span().get_span_context()
-    if span.is_valid:
-        event.trace_id = f"{span.trace_id:032x}"
+    event.trace_id = current_trace_id() if trace_id is None else trace_id
     return event
+
+
+def current_trace_id() -> str:
+    """The current span's trace id (32 hex digits), or "" outside a trace."""
+    span = trace.get_current_span().get_span_context()
+    return f"{span.trace_id:032x}" if span.is_valid else ""
 
 
 class AuditPublisher:

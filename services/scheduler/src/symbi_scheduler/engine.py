@@ -187,7 +187,7 @@ class Engine:
             await self.persist()
             self.wake.set()
             return
-        request = T.StartTaskRequest(task=task)
+        request = T.StartTaskRequest(task=task, output_subject=subjects.task_output(task.task_id))
         try:
             reply = await natsio.request(
                 self.nc,
