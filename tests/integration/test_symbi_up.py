@@ -13,61 +13,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from symbi_testing.up import READY_LINE, all_healthy, pid_alive, stack_env, symbi, wait_for_line
 
-from symbi_common import catalog, fleet, natsio
+from symbi_common import catalog, natsio
 from symbi_common.errors import PermissionDeniedError
-from symbi_common.health import is_ready
 from symbi_common.settings import NatsSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-READY_LINE = "services ready"
 POLICIES = Path(__file__).resolve().parents[2] / "examples" / "policies"
-
-
-def symbi(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "symbi_cli", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
-
-
-def stack_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
-    env.update({"SYMBI_API_PORT": "0", "SYMBI_POLICY_PORT": "0", "DOCKER_HOST": f"unix://{tmp_path}/absent.sock"})
-    return env
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        lines.append(line.rstrip())
-        if needle in line:
-            return lines
-    raise AssertionError(f"never saw {needle!r}; output so far:\n" + "\n".join(lines))
-
-
-async def all_healthy(nats_url: str, credentials: str) -> dict[str, bool]:
-    nc = await natsio.connect(NatsSettings(url=nats_url, connect_timeout_s=5, credentials=Path(credentials)), "test-up")
-    try:
-        replies = await fleet.collect(nc, window_s=1.0, expect=catalog.SERVICE_NAMES)
-    finally:
-        await nc.close()
-    return {s.service: is_ready(s) for s in replies}
 
 
 def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:

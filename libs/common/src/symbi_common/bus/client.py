@@ -34,7 +34,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from symbi_common import envelope, natsauth, natsio, subjects
+from symbi_common import envelope, natsauth, natsio, subjects, telemetry
 from symbi_common.bus.processed import MemoryProcessedLog, ProcessedLog
 from symbi_common.envelope import AgentKeys, EnvelopeOpener, EnvelopeRejected, Opened, SymmetricKey, TopicKeyring
 from symbi_common.errors import (
@@ -278,7 +278,9 @@ class AgentBus:
         """Hand one envelope to the router; its ``SendResult`` says whether it was accepted and why not."""
         subject = subjects.bus_out(self.agent_id)
         try:
-            reply = await self.nc.request(subject, envelope.wire(message), timeout=self.request_timeout_s)
+            reply = await self.nc.request(
+                subject, envelope.wire(message), timeout=self.request_timeout_s, headers=telemetry.inject()
+            )
         except Exception as exc:
             raise natsio.map_error(exc, subject, self.request_timeout_s) from exc
         result = natsio.decode_reply(reply, M.SendResult, subject)
