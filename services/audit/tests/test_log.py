@@ -65,6 +65,20 @@ def test_everything_survives_a_restart(
     assert result.events_checked == 36
 
 
+def test_events_a_crashed_writer_left_unchecked_get_a_checkpoint(
+    audit_log: AuditLog, log_dir: Path, make_events: MakeEvents
+) -> None:
+    audit_log.append(make_events(3))  # fewer than a checkpoint's worth: no checkpoint yet
+    assert audit_log.checkpoints[-1].tree_size == 1
+    # The writer dies here (no close(), which would checkpoint); the next one opens the log.
+    reopened = AuditLog.open(log_dir, LogOptions(checkpoint_every=10, checkpoint_interval_s=0.0))
+    try:
+        assert reopened.checkpoint_due()  # with no new event at all
+        assert reopened.checkpoint().tree_size == 4
+    finally:
+        reopened.close()
+
+
 def test_a_torn_last_record_is_repaired_and_reported(
     audit_log: AuditLog, log_dir: Path, make_events: MakeEvents, trusted_of: Trusted
 ) -> None:

@@ -158,7 +158,8 @@ async def test_an_unreachable_policy_service_denies_creation(
 ) -> None:
     broken = policy_settings.with_overrides({"policy.addr": "127.0.0.1:1", "policy.decision_timeout_s": 0.5})
     await run_service(SPEC, broken)
-    with pytest.raises(PermissionDeniedError, match="policy service"):
+    # Refused (fail closed), as "unavailable": the caller may try again, unlike a policy's "no".
+    with pytest.raises(UnavailableError, match="policy service"):
         await LifecycleClient(nc, actor="tester").create_from(simple())
     assert await keys(redis_url) == []
 

@@ -33,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from symbi_common import attributes, subjects, telemetry
-from symbi_common.errors import InvalidArgumentError, PermissionDeniedError, from_rpc_error
+from symbi_common.errors import InvalidArgumentError, PermissionDeniedError, UnavailableError, from_rpc_error
 from symbi_proto.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -307,10 +307,13 @@ class PolicyClient:
         return list(reply.decisions)
 
     async def check(self, request: policy_pb2.EvaluateRequest) -> policy_pb2.PolicyDecision:
-        """Evaluate and raise ``PermissionDeniedError`` on a deny (unless enforcement is off)."""
+        """Evaluate and raise on a deny (unless enforcement is off): ``PermissionDeniedError``, or
+        ``UnavailableError`` when the policy service could not decide (still refused; worth retrying)."""
         decision = await self.evaluate(request)
         if not is_allowed(decision):
             if self.enforce:
+                if decision.deny.kind == policy_pb2.DENY_KIND_UNAVAILABLE:
+                    raise UnavailableError(decision.deny.reason, metadata=_deny_metadata(decision))
                 raise PermissionDeniedError(decision.deny.reason, metadata=_deny_metadata(decision))
             log.warning("policy denies (%s) but [security].enforce_policies is off", decision.deny.reason)
         return decision

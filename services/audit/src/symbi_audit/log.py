@@ -131,6 +131,9 @@ class AuditLog:
         self.index = Index(self.directory / "index.sqlite")
         self._rebuild(found)
         self._load_checkpoints(repair_tail=True)
+        # Events a crashed writer appended after its last checkpoint are owed one: count them, so
+        # the next checkpoint comes within the interval even if no new event ever arrives.
+        self._since_checkpoint = self.size - (self.checkpoints[-1].tree_size if self.checkpoints else 0)
         self._open_for_append()
         self.writable = True
         if self.size == 0:

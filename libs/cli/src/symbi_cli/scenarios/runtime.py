@@ -47,7 +47,10 @@ FORMATS = {".symbi": A.DEFINITION_FORMAT_DSL, ".yaml": A.DEFINITION_FORMAT_YAML,
            ".toml": A.DEFINITION_FORMAT_TOML, ".json": A.DEFINITION_FORMAT_JSON}  # fmt: skip
 ACTOR = "scenario-runner"
 R = TypeVar("R")
-TRANSIENT = RetryPolicy(deadline_s=60.0, max_backoff_s=2.0, retry_on=(UnavailableError, DeadlineExceededError))
+# A request in flight when its service dies is lost: each call waits CALL_TIMEOUT_S at most, and
+# is made again (for up to two minutes) while the service restarts.
+CALL_TIMEOUT_S = 20.0
+TRANSIENT = RetryPolicy(deadline_s=120.0, max_backoff_s=2.0, retry_on=(UnavailableError, DeadlineExceededError))
 
 
 @dataclass
@@ -77,12 +80,13 @@ class Scenario:
         self.root = root
         self.say = say
         self.run_id = new_id()
-        self.lifecycle = LifecycleClient(nc, actor=ACTOR, roles=("operator",), timeout_s=30)
-        self.scheduler = SchedulerClient(nc, actor=ACTOR, timeout_s=30)
-        self.context = ContextClient(nc, timeout_s=60)
+        self.lifecycle = LifecycleClient(nc, actor=ACTOR, roles=("operator",), timeout_s=CALL_TIMEOUT_S / 2)
+        self.scheduler = SchedulerClient(nc, actor=ACTOR, timeout_s=CALL_TIMEOUT_S)
+        self.context = ContextClient(nc, timeout_s=CALL_TIMEOUT_S)
         self.steps: list[Step] = []
         self.checks: list[tuple[bool, str]] = []
         self.agents: dict[str, Agent] = {}
+        self._created: dict[str, Agent] = {}
         self.outputs: dict[str, list[str]] = {}
 
     # -- set-up -----------------------------------------------------------------------
@@ -114,15 +118,20 @@ class Scenario:
             request = M.BusCredentialsRequest(agent_id=record.agent_id, topics=list(topics), requested_by=ACTOR)
             creds = await self.again(
                 "credentials",
-                lambda: natsio.request(self.nc, subjects.BUS_CREDENTIALS, request, M.BusCredentials, timeout=30),
+                lambda: natsio.request(
+                    self.nc, subjects.BUS_CREDENTIALS, request, M.BusCredentials, timeout=CALL_TIMEOUT_S
+                ),
             )
             bus = await AgentBus.connect(self.settings.nats, creds, self.settings.messaging)
             agent = Agent(record.definition.metadata.name, record.agent_id, record.definition.tenant, bus)
             self.agents[agent.name] = agent
+            self._created[path.stem] = agent
             user = creds.permissions.user or "none (broker without authentication)"
             step.detail = f"{agent.name} ({agent.agent_id}, tenant {agent.tenant}) READY; broker user {user[:12]}"
             step.facts = {"agent_id": agent.agent_id, "broker_user": creds.permissions.user}
-        return agent
+        if path.stem not in self._created:
+            raise SymbiError(f"the scenario needs the agent of {path.name}: {self.steps[-1].detail}")
+        return self._created[path.stem]
 
     async def _create(self, source: agent_pb2.DefinitionSource, key: str) -> agent_pb2.CreateAgentResponse:
         try:
@@ -264,9 +273,8 @@ class Scenario:
     async def tool(self, agent: Agent, server: str, name: str, arguments: dict[str, Any]) -> tools_pb2.ToolCallResult:
         result = tools_pb2.ToolCallResult()
         async with self.step(f"{agent.name} calls {server}/{name}") as step:
-            tools = ToolsClient(self.nc, timeout_s=60, agent_id=agent.agent_id, actor=ACTOR)
-            listing = await self.again("list tools", lambda: tools.list_tools(server))
-            described = next((t for t in listing.tools if t.name == name), None)
+            tools = ToolsClient(self.nc, timeout_s=CALL_TIMEOUT_S, agent_id=agent.agent_id, actor=ACTOR)
+            described = await self.again("list tools", lambda: _offered(tools, server, name))
             verification = (
                 tools_pb2.VerificationStatus.Name(described.verification.status) if described else "NOT_OFFERED"
             )
@@ -362,6 +370,16 @@ class Scenario:
     async def history(self, agent: Agent) -> list[str]:
         transitions = await self.again("history", lambda: self.lifecycle.history(agent.agent_id))
         return [_agent_state(t.to_state) for t in transitions]
+
+
+async def _offered(tools: ToolsClient, server: str, name: str) -> tools_pb2.ToolDescriptor | None:
+    """The tool as offered to the agent; None when its server is up but does not offer it to it."""
+    listing = await tools.list_tools(server)
+    found = next((t for t in listing.tools if t.name == name), None)
+    down = next((s for s in listing.unavailable_servers if s.name == server), None)
+    if found is None and down is not None:  # (re)connecting: its tools are not known yet
+        raise UnavailableError(f"server {server} is {down.detail or 'unavailable'}")
+    return found
 
 
 async def _unless_unavailable(sending: Awaitable[message_pb2.SendResult]) -> message_pb2.SendResult:
