@@ -20,6 +20,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from google.protobuf.json_format import MessageToDict
 from nats.aio.client import Client
 from symbi_testing.checks import eventually, health_of
 from symbi_testing.fixtures import AUDIT_TEST_STREAMS, make_settings
@@ -92,7 +93,7 @@ AGENT_DSL = """
 metadata {
     name = "%s"
     version = "1.0.0"
-    labels = { "symbi.simulate/seconds" = "0.2" }
+    labels = { "symbi.simulate/seconds" = "%s" }
 }
 agent %s() {
     capabilities = ["analyze_data"]
@@ -104,8 +105,8 @@ agent %s() {
 """
 
 
-def agent_dsl(name: str, tenant: str = "t1") -> str:
-    return AGENT_DSL % (name, name, tenant)
+def agent_dsl(name: str, tenant: str = "t1", seconds: float = 0.2) -> str:
+    return AGENT_DSL % (name, seconds, name, tenant)
 
 
 @dataclass
@@ -118,9 +119,9 @@ class ApiStack:
     runners: dict[str, ServiceRunner]
     clients: list[httpx.AsyncClient] = field(default_factory=list)
 
-    def client(self, key: str | None = None, **kw: Any) -> httpx.AsyncClient:
+    def client(self, key: str | None = None, *, base_url: str = "") -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30, **kw)
+        client = httpx.AsyncClient(base_url=base_url or self.url, headers=headers, timeout=30)
         self.clients.append(client)
         return client
 
@@ -168,9 +169,7 @@ async def _clean(nc: Client, redis: aioredis.Redis) -> None:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def api_stack(
-    nats_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[ApiStack]:
+async def api_stack(nats_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ApiStack]:
     tmp = tmp_path_factory.mktemp("api-stack")
     base = make_settings(tmp / "state", nats_url, redis_url)
     nc = await natsio.connect(base.nats, "pytest-api")
@@ -233,3 +232,7 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     assert error["message"]
     return dict(error)
 
+
+def details(event: audit_pb2.AuditEvent) -> dict[str, Any]:
+    """An audit event's details as plain data."""
+    return MessageToDict(event.details)
