@@ -21,6 +21,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 def _parser() -> argparse.ArgumentParser:
     from symbi_cli import (
         agent_cmd,
+        api_key_cmd,
         audit_cmd,
         bus_cmd,
         config_cmd,
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (up, serve, status, config_cmd, policy_cmd, audit_cmd, agent_cmd, bus_cmd, context_cmd, tools_cmd):
         module.register(commands)
+    api_key_cmd.register(commands)
     return parser
 
 

@@ -24,7 +24,7 @@ from pydantic import Field
 from symbi_api.auth import require
 from symbi_api.keys import ApiKey
 from symbi_api.problems import ERROR_RESPONSES
-from symbi_api.routes.common import Body, JsonObject, PageSize, PageToken
+from symbi_api.routes.common import MAX_UINT, Body, JsonObject, PageSize
 from symbi_api.runtime import Api, api, to_json
 from symbi_common import subjects
 from symbi_common.errors import InvalidArgumentError, NotFoundError
@@ -44,11 +44,18 @@ OUTCOMES = {
     "denied": audit_pb2.AUDIT_OUTCOME_DENIED,
 }
 STREAM_QUEUE = 1000
+# The log indexes times as int64 nanoseconds since 1970: what a query may ask for.
+EARLIEST, LATEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC), dt.datetime(2262, 1, 1, tzinfo=dt.UTC)
+AuditPageToken = Annotated[str, Query(pattern=r"^[0-9]{0,18}$", description="next_page_token of the previous page")]
 
 
 def _stamp(when: dt.datetime | None, target: Timestamp) -> None:
-    if when is not None:
-        target.FromDatetime(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
+    if when is None:
+        return
+    aware = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    if not EARLIEST <= aware < LATEST:
+        raise InvalidArgumentError(f"{when.isoformat()} is outside the log's time range (1970 to 2262)")
+    target.FromDatetime(aware)
 
 
 @router.get("/events", summary="Query events (oldest first unless newest_first)")
@@ -63,7 +70,7 @@ async def query(
     outcome: Literal["success", "failure", "denied"] | None = None,
     newest_first: bool = False,
     page_size: PageSize = 100,
-    page_token: PageToken = "",
+    page_token: AuditPageToken = "",
 ) -> JsonObject:
     request = audit_pb2.AuditQueryRequest(
         agent_id=agent_id,
@@ -159,8 +166,8 @@ async def stream(
 async def verify(
     caller: Read,
     a: Annotated[Api, Depends(api)],
-    from_sequence: Annotated[int, Query(ge=0)] = 0,
-    to_sequence: Annotated[int | None, Query(ge=0, description="exclusive; default: the end")] = None,
+    from_sequence: Annotated[int, Query(ge=0, le=MAX_UINT)] = 0,
+    to_sequence: Annotated[int | None, Query(ge=0, le=MAX_UINT, description="exclusive; default: the end")] = None,
     signatures: Annotated[bool, Query(description="also check every event's signature (slower)")] = False,
 ) -> JsonObject:
     request = audit_pb2.VerifyRequest(from_sequence=from_sequence, verify_event_signatures=signatures)
@@ -171,7 +178,7 @@ async def verify(
 
 @router.get("/checkpoints", summary="Signed checkpoints, oldest first")
 async def checkpoints(
-    caller: Read, a: Annotated[Api, Depends(api)], page_size: PageSize = 100, page_token: PageToken = ""
+    caller: Read, a: Annotated[Api, Depends(api)], page_size: PageSize = 100, page_token: AuditPageToken = ""
 ) -> JsonObject:
     request = audit_pb2.ListCheckpointsRequest(page=common_pb2.PageRequest(page_size=page_size, page_token=page_token))
     reply = await a.ask(subjects.AUDIT_CHECKPOINTS, request, audit_pb2.ListCheckpointsResponse)
@@ -184,7 +191,7 @@ async def checkpoints(
 
 @router.get("/checkpoints/latest", summary="The latest signed checkpoint (or the first covering tree_size)")
 async def checkpoint(
-    caller: Read, a: Annotated[Api, Depends(api)], tree_size: Annotated[int, Query(ge=0)] = 0
+    caller: Read, a: Annotated[Api, Depends(api)], tree_size: Annotated[int, Query(ge=0, le=MAX_UINT)] = 0
 ) -> JsonObject:
     request = audit_pb2.GetCheckpointRequest(tree_size=tree_size)
     return to_json(await a.ask(subjects.AUDIT_CHECKPOINT, request, audit_pb2.Checkpoint))
@@ -195,8 +202,8 @@ async def inclusion(
     caller: Read,
     a: Annotated[Api, Depends(api)],
     event_id: Text = "",
-    sequence: Annotated[int | None, Query(ge=0)] = None,
-    tree_size: Annotated[int, Query(ge=0, description="the checkpoint to prove against (0: latest)")] = 0,
+    sequence: Annotated[int | None, Query(ge=0, le=MAX_UINT)] = None,
+    tree_size: Annotated[int, Query(ge=0, le=MAX_UINT, description="the checkpoint to prove against (0: latest)")] = 0,
 ) -> JsonObject:
     if bool(event_id) == (sequence is not None):
         raise InvalidArgumentError("give exactly one of event_id and sequence")
@@ -215,8 +222,8 @@ async def inclusion(
 async def consistency(
     caller: Read,
     a: Annotated[Api, Depends(api)],
-    first: Annotated[int, Query(ge=1, description="tree size of the earlier checkpoint")],
-    second: Annotated[int, Query(ge=0, description="tree size of the later one (0: latest)")] = 0,
+    first: Annotated[int, Query(ge=1, le=MAX_UINT, description="tree size of the earlier checkpoint")],
+    second: Annotated[int, Query(ge=0, le=MAX_UINT, description="tree size of the later one (0: latest)")] = 0,
 ) -> JsonObject:
     request = audit_pb2.ConsistencyProofRequest(first_tree_size=first, second_tree_size=second)
     return to_json(await a.ask(subjects.AUDIT_CONSISTENCY, request, audit_pb2.ConsistencyProofResponse))

@@ -12,6 +12,8 @@ from symbi_api.runtime import Api
 from symbi_common.errors import NotFoundError
 from symbi_proto.v1 import agent_pb2
 
+MAX_UINT = 2**63 - 1
+"""Upper bound of counters, sequences and versions taken from callers (int64)."""
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from symbi_api.auth import require
 from symbi_api.keys import ApiKey
 from symbi_api.problems import ERROR_RESPONSES
-from symbi_api.routes.common import JsonObject
+from symbi_api.routes.common import MAX_UINT, JsonObject
 from symbi_api.runtime import Api, api, to_json
 from symbi_common import deadletters, natsio, subjects
 from symbi_proto.v1 import common_pb2, message_pb2
@@ -28,7 +28,7 @@ async def stats(caller: Read, a: Annotated[Api, Depends(api)]) -> JsonObject:
 async def dead_letters(
     caller: Read,
     a: Annotated[Api, Depends(api)],
-    from_sequence: Annotated[int, Query(ge=1, description="stream sequence to start at")] = 1,
+    from_sequence: Annotated[int, Query(ge=1, le=MAX_UINT, description="stream sequence to start at")] = 1,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JsonObject:
     js = a.nc.jetstream(timeout=a.timeout_s)

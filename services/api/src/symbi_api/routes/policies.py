@@ -17,7 +17,7 @@ from pydantic import Field
 from symbi_api.auth import require
 from symbi_api.keys import ApiKey
 from symbi_api.problems import ERROR_RESPONSES, error_response, request_id_of
-from symbi_api.routes.common import Body, JsonObject
+from symbi_api.routes.common import MAX_UINT, Body, JsonObject
 from symbi_api.runtime import Api, api, to_json
 from symbi_common.policy_client import PolicyClient, Target, request_from_dict
 from symbi_proto.v1 import common_pb2, policy_pb2
@@ -32,7 +32,9 @@ class PolicyText(Body):
     text: str = Field(min_length=1, description="one policy document (docs/policy.md)")
     format: Literal["yaml", "json"] = "yaml"
     name: str = Field(default="api", max_length=256, description="a file name, for error locations")
-    expected_version: int = Field(default=0, ge=0, description="policy-set version the change expects (0: any)")
+    expected_version: int = Field(
+        default=0, ge=0, le=MAX_UINT, description="policy-set version the change expects (0: any)"
+    )
     validate_only: bool = False
 
 
@@ -97,7 +99,7 @@ async def get_policy(
     policy_id: PolicyId,
     caller: Read,
     a: Annotated[Api, Depends(api)],
-    version: Annotated[int, Query(ge=0, description="a past version (0: current)")] = 0,
+    version: Annotated[int, Query(ge=0, le=MAX_UINT, description="a past version (0: current)")] = 0,
 ) -> JsonObject:
     return to_json(await _client(a, caller).get(policy_id, version))
 
@@ -142,7 +144,7 @@ async def delete_policy(
     caller: Admin,
     a: Annotated[Api, Depends(api)],
     reason: Annotated[str, Query(max_length=1024, description="recorded in the audit trail")] = "",
-    expected_version: Annotated[int, Query(ge=0)] = 0,
+    expected_version: Annotated[int, Query(ge=0, le=MAX_UINT)] = 0,
 ) -> JsonObject:
     client = _client(a, caller)
     await client.get(policy_id)
