@@ -16,7 +16,6 @@ from symbi_policy.compiler import compile_sources
 
 from .conftest import ApiStack
 
-
 ROOT = Path(__file__).resolve().parents[3]
 PAGE = (ROOT / "docs" / "api.md").read_text()
 
