@@ -34,8 +34,8 @@ def fuzz(
     base_url: str,
     headers: dict[str, str],
     *,
-    examples: int = 5,
-    negative: int = 3,
+    examples: int = 10,
+    negative: int = 5,
     skip: frozenset[str] = frozenset(),
 ) -> tuple[list[str], int]:
     """The failures found (one line each) and the number of requests sent."""
