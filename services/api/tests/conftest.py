@@ -130,6 +130,7 @@ class ApiStack:
         return self.client(self.admin_key)
 
     async def key(self, *scopes: str, name: str = "", roles: tuple[str, ...] = (), **kw: Any) -> str:
+        kw.setdefault("rate_limit_per_minute", 100_000)  # tests poll; the limit itself is tested on its own
         spec = KeySpec(name or f"tester-{secrets.token_hex(3)}", scopes, roles=roles, **kw)
         _, token = await KeyStore(self.redis).create(spec, created_by="pytest")
         return token
@@ -190,6 +191,7 @@ async def api_stack(nats_url: str, redis_url: str, tmp_path_factory: pytest.Temp
         admin_key = "test-admin-" + secrets.token_hex(24)
         settings = base.with_overrides(
             {"policy.addr": addr, "api.admin_key": admin_key, "audit.checkpoint_interval_s": 0.2,
+             "api.rate_limit_per_minute": 100_000, "api.rate_limit_burst": 100_000,
              "audit.fsync": "off", "scheduler.tick_interval_s": 0.05, "lifecycle.grace_period_s": 1.0}
         )  # fmt: skip
         await _start(AUDIT, settings, runners, "audit")

@@ -36,8 +36,9 @@ async def test_agent_lifecycle_over_http(api_stack: ApiStack) -> None:
     task_id = run.json()["task_id"]
 
     async def succeeded() -> bool:
-        task = (await operator.get(f"/v1/tasks/{task_id}")).json()
-        return bool(task["state"] == "TASK_STATE_SUCCEEDED")
+        task = await operator.get(f"/v1/tasks/{task_id}")
+        assert task.status_code == 200, task.text
+        return bool(task.json()["state"] == "TASK_STATE_SUCCEEDED")
 
     await eventually(succeeded, timeout_s=15, what="the task succeeds")
     tasks = (await operator.get(f"/v1/agents/{agent_id}/tasks")).json()["tasks"]
