@@ -24,6 +24,7 @@ SMOKE_ARGS = {
     "messaging.py": ["--quick"],
     "context.py": ["--quick"],
     "mcp_gateway.py": ["--quick"],
+    "api.py": ["--quick"],
 }
 
 

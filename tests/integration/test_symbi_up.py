@@ -6,10 +6,12 @@ import asyncio
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -54,6 +56,7 @@ def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:
         response = httpx.get(f"{up['api_url']}/health", timeout=10)
         assert response.status_code == 200
         assert response.json()["missing"] == []
+        check_api_key(proc, state, up)
 
         policies = symbi("policy", "--state-dir", str(state), "list", env=env)
         assert policies.returncode == 0, policies.stderr
@@ -88,6 +91,21 @@ def test_up_status_and_clean_shutdown(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert [pid for pid in pids if pid_alive(pid)] == []
     assert not (state / "up.json").exists()
+
+
+def check_api_key(proc: subprocess.Popen[str], state: Path, up: dict[str, Any]) -> None:
+    """`symbi up` says where the bootstrap admin key is (0600), and it authenticates API calls."""
+    hint = "\n".join(wait_for_line(proc, "try: curl", timeout_s=10))
+    key_file = state / "api" / "admin.key"
+    assert up["api_admin_key_file"] == str(key_file)
+    assert f"API admin key in {key_file} (mode 0600)" in hint
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    anonymous = httpx.get(f"{up['api_url']}/v1/policies", timeout=10)
+    assert anonymous.status_code == 401
+    listed = httpx.get(f"{up['api_url']}/v1/policies", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert [p["id"] for p in listed.json()["policies"]] == ["platform-baseline", "regulated-data", "tools-default"]
 
 
 def create_readme_agent(state: Path, env: dict[str, str]) -> str:

@@ -21,6 +21,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 def _parser() -> argparse.ArgumentParser:
     from symbi_cli import (
         agent_cmd,
+        api_key_cmd,
         audit_cmd,
         bus_cmd,
         config_cmd,
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         scenario_cmd,
     ):
         module.register(commands)
+    api_key_cmd.register(commands)
     return parser
 
 

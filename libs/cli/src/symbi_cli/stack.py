@@ -181,6 +181,13 @@ class Stack:
             await nc.close()
         return latest
 
+    def api_admin_key_file(self) -> Path | None:
+        """Where the API writes its bootstrap admin key (None when the key is configured, or no API runs)."""
+        api = self.settings.api
+        if "api" not in self.plan.services or not api.bootstrap_admin or api.admin_key is not None:
+            return None
+        return api.admin_key_file or self.plan.state_dir / "api" / "admin.key"
+
     def dead_children(self) -> list[ServiceProcess]:
         return [child for child in self.children.values() if not child.process.alive()]
 
@@ -193,6 +200,7 @@ class Stack:
             "redis_url": self.redis_url,
             "api_url": f"http://{self.settings.api.host}:{self.plan.api_port}",
             "policy_addr": f"{self.settings.policy.host}:{self.plan.policy_port}",
+            "api_admin_key_file": str(self.api_admin_key_file() or ""),
             "infra_pids": [server.process.pid for server in self.infra],
             "services": {
                 name: {"pid": child.process.pid, "metrics_port": child.metrics_port, "log": str(child.process.log_path)}

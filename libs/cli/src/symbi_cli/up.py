@@ -139,7 +139,24 @@ def _run(stack: Stack, timeout_s: float, stop: threading.Event) -> int:
         f"symbi up: state file {state_file}; `symbi status` shows health. Press Ctrl-C to stop.",
         flush=True,
     )
+    _api_hint(stack)
     return _supervise(stack, stop)
+
+
+def _api_hint(stack: Stack) -> None:
+    """How to call the API: where the bootstrap admin key is, and one request to try."""
+    if "api" not in stack.plan.services:
+        return
+    url = f"http://{stack.settings.api.host}:{stack.plan.api_port}"
+    key_file = stack.api_admin_key_file()
+    if key_file is None:
+        print(f"symbi up: API keys: the configured [api].admin_key, or `symbi api-key create`; docs at {url}/docs")
+        return
+    print(
+        f"symbi up: API admin key in {key_file} (mode 0600); more keys: `symbi api-key create NAME --scope ...`\n"
+        f'symbi up: try: curl -H "Authorization: Bearer $(cat {key_file})" {url}/v1/system/status',
+        flush=True,
+    )
 
 
 def _report_docker(stack: Stack) -> None:

@@ -192,6 +192,23 @@ REGISTRY: tuple[EnvVar, ...] = (
     EnvVar("SYMBI_SANDBOX_TASK_SLOTS", "sandbox.task_slots", "Tasks a worker runs at once."),
     EnvVar("SYMBI_API_HOST", "api.host", "Address the HTTP API binds."),
     EnvVar("SYMBI_API_PORT", "api.port", "Port of the HTTP API (0: any free port)."),
+    EnvVar("SYMBI_API_MAX_BODY_BYTES", "api.max_body_bytes", "Largest HTTP request body the API accepts (413 above)."),
+    EnvVar(
+        "SYMBI_API_RATE_LIMIT_PER_MINUTE",
+        "api.rate_limit_per_minute",
+        "Requests per minute per API key unless the key sets its own.",
+    ),
+    EnvVar(
+        "SYMBI_API_ADMIN_KEY",
+        "api.admin_key",
+        "Bootstrap admin API key (32+ characters); unset: one is generated into the key file.",
+        secret=True,
+    ),
+    EnvVar(
+        "SYMBI_API_ADMIN_KEY_FILE",
+        "api.admin_key_file",
+        "Where the generated bootstrap admin key is written, mode 0600 (default: <state_dir>/api/admin.key).",
+    ),
     EnvVar("SYMBI_METRICS_HOST", "telemetry.metrics_host", "Address of each service's /metrics and /health endpoint."),
     EnvVar(
         "SYMBI_METRICS_PORT", "telemetry.metrics_port", "Port of each service's /metrics and /health endpoint (0: any)."

@@ -19,6 +19,7 @@ Services depend on the ``PolicyDecider`` protocol; tests and production both use
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import OrderedDict
@@ -246,6 +247,14 @@ class PolicyClient:
         self._channel = grpc.aio.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
         self.stub = policy_pb2_grpc.PolicyServiceStub(self._channel)
         self._sub: Subscription | None = None
+
+    def acting_as(self, actor: str) -> PolicyClient:
+        """This client (the same channel, stub and cache) recording ``actor`` as who asks.
+
+        For a gateway that manages policies on behalf of many callers; close only the original."""
+        other = copy.copy(self)
+        other.actor = actor
+        return other
 
     async def close(self) -> None:
         if self._sub is not None:

@@ -300,6 +300,21 @@ class MessagingSettings(_Section):
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65_535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    """Largest request body accepted; a larger one is refused with 413 before it is read."""
+    rate_limit_per_minute: int = Field(default=600, gt=0, le=1_000_000)
+    """Requests per minute per API key unless the key sets its own (Redis token bucket)."""
+    rate_limit_burst: int = Field(default=100, gt=0, le=1_000_000)
+    admin_key: SecretStr | None = None
+    """A bootstrap admin API key given by the operator (at least 32 characters); ``None``: one is generated."""
+    admin_key_file: Path | None = None
+    """Where a generated bootstrap admin key is written (mode 0600); ``None`` means ``<state_dir>/api/admin.key``."""
+    bootstrap_admin: bool = True
+    """Make sure a bootstrap admin key exists at start-up (from ``admin_key`` or the key file)."""
+    call_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """How long the API waits for the service behind a call (NATS request-reply)."""
+    stream_heartbeat_s: float = Field(default=15.0, gt=0, le=600)
+    """Interval of keep-alive comments on server-sent event streams."""
 
 
 class TelemetrySettings(_Section):
@@ -445,3 +460,6 @@ def check_secrets(settings: Settings) -> None:
         key = getattr(settings.context, name)
         if key is not None and key.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
             raise ConfigError(f"[context].{name}: a placeholder secret is not allowed in production mode")
+    admin_key = settings.api.admin_key
+    if admin_key is not None and admin_key.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+        raise ConfigError("[api].admin_key: a placeholder secret is not allowed in production mode")

@@ -1,63 +1,43 @@
-"""The FastAPI application: health endpoints now; resource routes grow with each service.
+"""The FastAPI application: health without a key, the versioned /v1 API behind API keys.
 
-``/health`` aggregates every service's replicas over NATS (``symbi.health.all``):
-200 when each service has a ready replica, 503 naming what is missing otherwise.
+OpenAPI: ``/openapi.json``, browsable at ``/docs``. ``build_app`` takes everything the
+routes need in one ``Api``; the service (``service.py``) builds it with live
+connections, and tests do the same against real servers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-from google.protobuf.json_format import MessageToDict
-from nats.aio.client import Client
+from prometheus_client import CollectorRegistry
 
-from symbi_common import __version__, fleet
-from symbi_common.catalog import SERVICE_NAMES
-from symbi_common.health import is_ready, status_name
-from symbi_proto.v1 import health_pb2
+from symbi_api import health, problems
+from symbi_api.auditing import RequestAuditor
+from symbi_api.http_layer import ApiMetrics, HttpLayer
+from symbi_api.routes import ROUTERS
+from symbi_api.runtime import Api
+from symbi_common import __version__
 
-HEALTH_WINDOW_S = 0.5
+DESCRIPTION = """Policy-aware runtime for autonomous agents.
+
+Every /v1 call needs an API key (`Authorization: Bearer <key>` or `X-API-Key: <key>`)
+holding the scope the route names. Every mutating call is decided by policy (the
+`admin` enforcement point) and recorded in the audit trail as an `api.request` event.
+Errors always have the body `{"error": {"code", "message", "request_id", "details"}}`.
+"""
 
 
-def build_app(nc: Client, ready: Callable[[], bool], expected: tuple[str, ...] = SERVICE_NAMES) -> FastAPI:
-    app = FastAPI(
-        title="Symbi API",
-        version=__version__,
-        description="Policy-aware runtime for autonomous agents. Every call is decided by policy and audited.",
+def build_app(api: Api, *, registry: CollectorRegistry, auditor: RequestAuditor | None = None) -> FastAPI:
+    app = FastAPI(title="Symbi API", version=__version__, description=DESCRIPTION)
+    app.state.api = api
+    problems.install(app)
+    app.include_router(health.router)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(
+        HttpLayer,
+        max_body_bytes=api.settings.api.max_body_bytes,
+        metrics=ApiMetrics(registry),
+        on_done=auditor.record if auditor is not None else (lambda exchange: None),
+        audit_has_room=auditor.has_room if auditor is not None else (lambda: True),
     )
-
-    @app.get("/health/live", tags=["health"], summary="The API process is running")
-    async def live() -> dict[str, str]:
-        return {"status": "live"}
-
-    @app.get("/health/ready", tags=["health"], summary="The API is connected and ready")
-    async def readiness() -> JSONResponse:
-        ok = ready() and nc.is_connected
-        return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
-
-    @app.get("/health", tags=["health"], summary="Health of every service, aggregated over NATS")
-    async def health() -> JSONResponse:
-        replies = await fleet.collect(nc, window_s=HEALTH_WINDOW_S, expect=expected)
-        by_service: dict[str, list[health_pb2.HealthStatus]] = {}
-        for status in replies:
-            by_service.setdefault(status.service, []).append(status)
-        missing = [name for name in expected if name not in by_service]
-        not_ready = sorted(name for name, reps in by_service.items() if not any(is_ready(r) for r in reps))
-        ok = not missing and not not_ready
-        body = {
-            "status": "ok" if ok else "degraded",
-            "missing": missing,
-            "not_ready": not_ready,
-            "services": {
-                name: {
-                    "status": status_name(min(r.status for r in reps)),
-                    "replicas": [MessageToDict(r, preserving_proto_field_name=True) for r in reps],
-                }
-                for name, reps in sorted(by_service.items())
-            },
-        }
-        return JSONResponse(body, status_code=200 if ok else 503)
-
     return app
