@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         bus_cmd,
         config_cmd,
         context_cmd,
+        natsauth_cmd,
         policy_cmd,
         serve,
         status,
@@ -41,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"symbi {__version__}")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file (default: SYMBI_CONFIG_PATH)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (up, serve, status, config_cmd, policy_cmd, audit_cmd, agent_cmd, bus_cmd, context_cmd, tools_cmd):
+    for module in (
+        up, serve, status, config_cmd, policy_cmd, audit_cmd, agent_cmd, bus_cmd, context_cmd, tools_cmd, natsauth_cmd,
+    ):  # fmt: skip
         module.register(commands)
     return parser
 
