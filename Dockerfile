@@ -42,6 +42,6 @@ USER 10001:10001
 WORKDIR /var/lib/symbi
 EXPOSE 9100 50051 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('SYMBI_METRICS_PORT', '9100'), timeout=2)"]
+  CMD ["python3", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:%s/health/live' % os.environ.get('SYMBI_METRICS_PORT', '9100'), timeout=2)"]
 ENTRYPOINT ["symbi"]
 CMD ["serve", "api"]

@@ -201,6 +201,7 @@ async def agent_stack(
     stack = AgentStack(
         run_service, wired, nc, LifecycleClient(nc, actor="tester", timeout_s=10), SchedulerClient(nc, actor="tester")
     )
+    stack.runners["policy"] = policy
     await stack.start("lifecycle")
     await stack.start("scheduler")
     yield stack

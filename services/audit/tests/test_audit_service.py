@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import stat
 from pathlib import Path
 from typing import TypeVar
@@ -26,7 +27,7 @@ from symbi_common.errors import NotFoundError
 from symbi_common.ids import new_id
 from symbi_common.service import ServiceRunner
 from symbi_common.settings import Settings
-from symbi_proto.v1 import audit_pb2, common_pb2
+from symbi_proto.v1 import audit_pb2, common_pb2, health_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_audit_streams")]
 
@@ -330,3 +331,48 @@ async def test_storage_is_private(run_service: RunService, nc: Client, audit_set
     assert stat.S_IMODE(audit_settings.audit_storage.stat().st_mode) == 0o700
     meta = json.loads((audit_settings.audit_storage / "log.json").read_text())
     assert meta["format"] == 1
+
+
+async def test_the_chain_status_follows_periodic_verification(
+    run_service: RunService, nc: Client, audit_settings: Settings
+) -> None:
+    runner = await run_service(SPEC, audit_settings.with_overrides({"audit.verify_interval_s": 0.2}))
+    registry = runner.metrics
+
+    def chain() -> float | None:
+        return registry.get_sample_value("symbi_audit_chain_verified")
+
+    await publish(nc, 20)
+    await wait_size(nc, 21)
+    await eventually(lambda: chain() == 1, what="a verification of the whole log")
+    assert (registry.get_sample_value("symbi_audit_verified_events") or 0) >= 21
+    assert (registry.get_sample_value("symbi_audit_verifications_total", {"result": "ok"}) or 0) >= 1
+
+    segment = storage.segments(audit_settings.audit_storage / "log")[0][1]
+    offset = [item[0] for item in storage.read_records(segment)][5]  # type: ignore[index]
+    with open(segment, "r+b") as f:  # tampering at rest, behind the writer's back
+        f.seek(offset + 12)
+        byte = f.read(1)
+        f.seek(offset + 12)
+        f.write(bytes([byte[0] ^ 0x40]))
+    await eventually(lambda: chain() == 0, what="the next verification notices")
+    assert (registry.get_sample_value("symbi_audit_verifications_total", {"result": "failed"}) or 0) >= 1
+    integrity = components(await runner.health.snapshot())["integrity"]
+    assert integrity.status == health_pb2.SERVING_STATUS_DEGRADED
+    assert integrity.detail.startswith("verification failed")
+
+
+async def test_the_chain_status_is_unknown_until_verified(
+    run_service: RunService, nc: Client, audit_settings: Settings
+) -> None:
+    runner = await run_service(SPEC, audit_settings.with_overrides({"audit.verify_interval_s": 0}))
+    await publish(nc, 3)
+    await wait_size(nc, 4)
+    status = runner.metrics.get_sample_value("symbi_audit_chain_verified")
+    assert status is not None
+    assert math.isnan(status)  # not verified since start: neither good nor bad
+    partial = await ask(nc, subjects.AUDIT_VERIFY, audit_pb2.VerifyRequest(to_sequence=1), audit_pb2.VerifyResponse)
+    assert partial.ok
+    assert runner.metrics.get_sample_value("symbi_audit_chain_verified") != 1  # part of the log proves nothing of all
+    assert (await ask(nc, subjects.AUDIT_VERIFY, audit_pb2.VerifyRequest(), audit_pb2.VerifyResponse)).ok
+    assert runner.metrics.get_sample_value("symbi_audit_chain_verified") == 1

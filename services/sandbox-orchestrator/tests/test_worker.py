@@ -143,6 +143,31 @@ async def test_slots_are_never_over_committed(run_service: RunService, worker_se
     assert {r.error.code for r in replies if not r.accepted} == {"resource_exhausted"}
 
 
+async def test_starts_and_exits_are_counted_by_tier_and_outcome(
+    run_service: RunService, worker_settings: Settings, nc: Client
+) -> None:
+    runner = await run_service(SPEC, worker_settings)
+    registry = runner.metrics
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    assert (
+        value("symbi_sandbox_starts_total", kind="task", tier="Tier1", outcome="started") == 0
+    )  # exported from the start
+    assert (await ask(nc, "start", T.StartTaskRequest(task=task("t-ok")), T.StartTaskResponse)).accepted
+    too_big = task("t-big", memory=5000)
+    too_big.tier = TIER2
+    assert not (await ask(nc, "start", T.StartTaskRequest(task=too_big), T.StartTaskResponse)).accepted
+    await eventually(
+        lambda: value("symbi_sandbox_exits_total", tier="Tier1", reason="exited") == 1, what="the exit is counted"
+    )
+    assert value("symbi_sandbox_starts_total", kind="task", tier="Tier1", outcome="started") == 1
+    assert value("symbi_sandbox_starts_total", kind="task", tier="Tier2", outcome="refused") == 1
+    assert value("symbi_sandbox_start_seconds_count", kind="task", tier="Tier1") == 1
+    assert value("symbi_worker_free_memory_mb") == 1000  # read at scrape time, nothing running now
+
+
 async def test_stop_replies_once_the_task_is_gone(
     run_service: RunService, worker_settings: Settings, nc: Client
 ) -> None:

@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         bus_cmd,
         config_cmd,
         context_cmd,
+        natsauth_cmd,
         policy_cmd,
         scenario_cmd,
         serve,
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         context_cmd,
         tools_cmd,
         scenario_cmd,
+        natsauth_cmd,
     ):
         module.register(commands)
     api_key_cmd.register(commands)

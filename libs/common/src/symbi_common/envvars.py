@@ -164,6 +164,16 @@ REGISTRY: tuple[EnvVar, ...] = (
     EnvVar("SYMBI_AUDIT_FSYNC", "audit.fsync", "`batch` (fsync before acknowledging) or `off` (test setups only)."),
     EnvVar("SYMBI_AUDIT_CHECKPOINT_EVERY", "audit.checkpoint_every", "Events between signed audit checkpoints."),
     EnvVar(
+        "SYMBI_AUDIT_VERIFY_INTERVAL_S",
+        "audit.verify_interval_s",
+        "Seconds between the audit writer's verifications of the whole log (0: only when asked).",
+    ),
+    EnvVar(
+        "SYMBI_AUDIT_SIGNING_KEY_FILE",
+        "audit.signing_key_file",
+        "PEM Ed25519 private key file that becomes the first signing key of a new audit log.",
+    ),
+    EnvVar(
         "SYMBI_LIFECYCLE_STOP_TIMEOUT_S",
         "lifecycle.stop_timeout_s",
         "How long suspend/terminate wait for a task's stop to be confirmed, in seconds.",

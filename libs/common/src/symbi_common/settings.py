@@ -202,6 +202,12 @@ class AuditSettings(_Section):
     segment_mb: int = Field(default=64, gt=0, le=4096)
     lease_ttl_s: float = Field(default=5.0, ge=1, le=600)
     signing_threads: int = Field(default=2, gt=0, le=64)
+    verify_interval_s: float = Field(default=3600.0, ge=0, le=30 * 86_400)
+    """How often the writer verifies the whole log from its files (0: only when asked); the result is
+    the ``symbi_audit_chain_verified`` metric and the ``integrity`` health component."""
+    signing_key_file: Path | None = None
+    """Ed25519 private key (PEM, PKCS#8) that seeds a new log as its first signing key, e.g. from a
+    Kubernetes Secret; ``None``: one is generated. An existing log must already hold this key."""
 
 
 class LifecycleSettings(_Section):

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TRACER_NAME = "symbi"
+OTLP_TIMEOUT_S = 10.0
 
 
 def configure_tracing(
@@ -36,8 +37,9 @@ def configure_tracing(
 ) -> TracerProvider:
     """Install a tracer provider for this process.
 
-    With ``otlp_endpoint`` spans are exported over OTLP/HTTP when the exporter package
-    is installed; extra ``processors`` (tests use an in-memory exporter) are added as given.
+    With ``otlp_endpoint`` (the full URL of an OTLP/HTTP traces receiver, e.g.
+    ``http://otel-collector:4318/v1/traces``) spans are batched and exported there;
+    extra ``processors`` (tests use an in-memory exporter) are added as given.
     """
     provider = TracerProvider(
         resource=Resource.create({"service.name": f"symbi-{service}", "service.instance.id": instance})
@@ -45,14 +47,12 @@ def configure_tracing(
     for processor in processors:
         provider.add_span_processor(processor)
     if otlp_endpoint:
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
-                OTLPSpanExporter,
-            )
-        except ImportError:
-            log.warning("SYMBI_OTLP_ENDPOINT is set but the OTLP exporter is not installed; traces stay local")
-        else:
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+        # Imported here: it pulls in requests and the OTLP protos (~150 ms) that a CLI call never needs.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=otlp_endpoint, timeout=OTLP_TIMEOUT_S)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        log.info("exporting traces over OTLP/HTTP to %s", otlp_endpoint)
     trace.set_tracer_provider(provider)
     return provider
 

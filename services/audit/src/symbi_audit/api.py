@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from symbi_audit import canonical, storage
@@ -33,6 +34,8 @@ class AuditApi:
         self.writer_log: AuditLog | None = None
         self._reader: AuditLog | None = None
         self.last_verification: audit_pb2.VerifyResponse | None = None
+        self.on_verified: Callable[[audit_pb2.VerifyResponse, bool], None] = lambda _result, _whole: None
+        """Told of every verification and whether it covered the whole log (the service feeds its metrics)."""
 
     def use_writer(self, audit_log: AuditLog | None) -> None:
         self.writer_log = audit_log
@@ -95,6 +98,7 @@ class AuditApi:
             known_leaves=leaves,
         )
         self.last_verification = result
+        self.on_verified(result, request.from_sequence == 0 and to == size)
         return result
 
     async def checkpoint(self, request: audit_pb2.GetCheckpointRequest, _: natsio.RequestMeta) -> audit_pb2.Checkpoint:

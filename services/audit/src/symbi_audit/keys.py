@@ -62,16 +62,23 @@ class KeyRing:
         self.keys = keys
 
     @classmethod
-    def open(cls, directory: Path, *, create: bool = True) -> KeyRing:
-        """Load the keys, generating the first one if there is none (and ``create``)."""
+    def open(cls, directory: Path, *, create: bool = True, initial: Path | None = None) -> KeyRing:
+        """Load the keys, making the first one if there is none (and ``create``).
+
+        ``initial``: a PEM Ed25519 private key (``[audit].signing_key_file``, e.g. a mounted
+        Kubernetes Secret) that becomes the first key instead of a generated one; a keyring
+        that already exists must hold it, so a log is never signed by a key the operator
+        did not expect.
+        """
         path = directory / KEYRING
         if not create and not path.exists():
             raise ConfigError(f"no audit keyring at {path}")
+        given = read_private_key(initial) if initial is not None else None
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
         if not path.exists():
             ring = cls(directory, [])
-            ring.keys.append(ring._generate())
+            ring.keys.append(ring._store(given) if given is not None else ring._generate())
             ring.save()
             return ring
         try:
@@ -81,7 +88,19 @@ class KeyRing:
         keys = [cls._load(directory, entry) for entry in entries]
         if not keys:
             raise ConfigError(f"audit keyring {path} lists no key")
+        if given is not None and not any(key.key_id == key_id_of(raw_public(given.public_key())) for key in keys):
+            raise ConfigError(
+                f"the audit signing key {initial} (key {key_id_of(raw_public(given.public_key()))}) is not one of "
+                f"this log's keys ({', '.join(key.key_id for key in keys)}); it only seeds a new log"
+            )
         return cls(directory, keys)
+
+    @classmethod
+    def check_initial(cls, directory: Path, initial: Path) -> None:
+        """Fail (ConfigError) unless ``initial`` is a readable Ed25519 key that an existing keyring holds."""
+        read_private_key(initial)
+        if (directory / KEYRING).exists():
+            cls.open(directory, create=False, initial=initial)
 
     @staticmethod
     def _load(directory: Path, entry: dict[str, Any]) -> SigningKey:
@@ -105,7 +124,9 @@ class KeyRing:
         )
 
     def _generate(self) -> SigningKey:
-        private = Ed25519PrivateKey.generate()
+        return self._store(Ed25519PrivateKey.generate())
+
+    def _store(self, private: Ed25519PrivateKey) -> SigningKey:
         key_id = key_id_of(raw_public(private.public_key()))
         pem = self.directory / f"{key_id}.pem"
         data = private.private_bytes(
@@ -157,6 +178,17 @@ class KeyRing:
         private = self.current.private
         assert private is not None
         return private.sign(data)
+
+
+def read_private_key(path: Path) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a PEM (PKCS#8) file, or a ConfigError naming the file."""
+    try:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"audit signing key file {path} is unreadable: {exc}") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ConfigError(f"audit signing key file {path} does not hold an Ed25519 private key")
+    return private
 
 
 def public_keys_document(keys: list[audit_pb2.SigningKey], log_id: str) -> dict[str, Any]:

@@ -59,6 +59,8 @@ class LogOptions:
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 1.0
     signing_threads: int = 2
+    signing_key_file: Path | None = None
+    """The first signing key of a new log (see ``KeyRing.open``); ``None``: generate one."""
 
 
 class AuditLog:
@@ -112,7 +114,7 @@ class AuditLog:
     def _open_writer(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(exist_ok=True, mode=0o700)
-        self.keys = KeyRing.open(self.directory / "keys")
+        self.keys = KeyRing.open(self.directory / "keys", initial=self.options.signing_key_file)
         meta = self.directory / META
         if meta.exists():
             try:

@@ -9,17 +9,21 @@ replica is.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import nats.js.errors
 
 from symbi_audit.api import AuditApi
+from symbi_audit.keys import KeyRing
 from symbi_audit.lease import WriterLease
 from symbi_audit.log import AuditLog, LogOptions
 from symbi_audit.writer import AuditMetrics, AuditWriter, WriterOptions
-from symbi_common import subjects
+from symbi_common import natsio, subjects
+from symbi_common.errors import SymbiError
 from symbi_common.health import DEGRADED, NOT_SERVING, SERVING, CheckResult
 from symbi_common.service import ServiceContext, ServiceSpec
+from symbi_proto.v1 import audit_pb2
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +39,13 @@ async def setup(ctx: ServiceContext) -> None:
         checkpoint_every=cfg.checkpoint_every,
         checkpoint_interval_s=cfg.checkpoint_interval_s,
         signing_threads=cfg.signing_threads,
+        signing_key_file=cfg.signing_key_file,
     )
+    if cfg.signing_key_file is not None:  # a wrong or unreadable key stops start-up, naming the file
+        KeyRing.check_initial(storage / "keys", cfg.signing_key_file)
     metrics = AuditMetrics(ctx.metrics)
     api = AuditApi(storage, ctx.instance_id)
+    api.on_verified = lambda result, whole: metrics.verified(result, whole_log=whole)
     ctx.stack.callback(api.close)
     lease = WriterLease(ctx.js, ctx.instance_id, storage, ttl_s=cfg.lease_ttl_s)
     writer = AuditWriter(
@@ -56,6 +64,8 @@ async def setup(ctx: ServiceContext) -> None:
     ctx.tasks.spawn(lease.keep_renewed(), name="audit-lease")
     running = ctx.tasks.spawn(writer.run(), name="audit-writer")
     ctx.stack.push_async_callback(writer.stop, running)  # before anything else closes: final checkpoint, lease
+    if cfg.verify_interval_s:
+        ctx.tasks.spawn(_verify_periodically(api, writer, cfg.verify_interval_s), name="audit-verify")
 
     async def stream_check() -> CheckResult:
         try:
@@ -81,6 +91,22 @@ async def setup(ctx: ServiceContext) -> None:
     ctx.health.add_check("jetstream", stream_check)
     ctx.health.add_check("writer", writer_check)
     ctx.health.add_check("integrity", integrity_check)
+
+
+async def _verify_periodically(api: AuditApi, writer: AuditWriter, interval_s: float) -> None:
+    """The writer re-reads and verifies its whole log every interval (tampering at rest shows up in
+    the ``integrity`` health component and ``symbi_audit_chain_verified``); standbys leave it to the writer."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if writer.log is None:
+            continue
+        try:
+            result = await api.verify(audit_pb2.VerifyRequest(), natsio.RequestMeta(subjects.AUDIT_VERIFY, {}))
+        except SymbiError as exc:  # the log changed hands or is not there yet: next round
+            log.info("periodic audit verification skipped: %s", exc)
+            continue
+        if not result.ok:
+            log.error("audit log verification FAILED: %s at event %d", result.failure.detail, result.failure.sequence)
 
 
 SPEC = ServiceSpec(name="audit", summary="signed, hash-chained audit trail", setup=setup)

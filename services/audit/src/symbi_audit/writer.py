@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,7 +60,38 @@ class AuditMetrics:
         )
         self.size = Gauge("symbi_audit_log_size", "Events in the log", registry=registry)
         self.writer = Gauge("symbi_audit_writer", "1 while this replica is the writer", registry=registry)
-        self.chain_ok = Gauge("symbi_audit_chain_verified", "1 if the last verification succeeded", registry=registry)
+        self.chain_ok = Gauge(
+            "symbi_audit_chain_verified",
+            "1: the last verification of the whole log succeeded; 0: a verification failed; NaN: none yet",
+            registry=registry,
+        )
+        self.chain_ok.set(math.nan)
+        self.verifications = Counter(
+            "symbi_audit_verifications",
+            "Verifications of the log from its files, by result",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("ok", "failed"):
+            self.verifications.labels(result)
+        self.verified_at = Gauge(
+            "symbi_audit_last_verification_timestamp_seconds",
+            "When the log was last verified (Unix time)",
+            registry=registry,
+        )
+        self.verified_events = Gauge(
+            "symbi_audit_verified_events", "Events covered by the last verification", registry=registry
+        )
+
+    def verified(self, result: audit_pb2.VerifyResponse, *, whole_log: bool) -> None:
+        """Record a verification: a failure anywhere breaks the chain status; only a whole-log success mends it."""
+        self.verifications.labels("ok" if result.ok else "failed").inc()
+        self.verified_at.set(time.time())
+        self.verified_events.set(result.events_checked)
+        if not result.ok:
+            self.chain_ok.set(0)
+        elif whole_log:
+            self.chain_ok.set(1)
 
 
 class AuditWriter:

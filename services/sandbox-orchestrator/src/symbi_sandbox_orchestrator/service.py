@@ -19,14 +19,13 @@ import logging
 import re
 import socket
 
-from prometheus_client import Gauge
-
 from symbi_common import subjects
 from symbi_common.errors import ConfigError, InvalidArgumentError
 from symbi_common.health import DEGRADED, SERVING, CheckResult
 from symbi_common.service import ServiceContext, ServiceSpec
 from symbi_common.settings import Settings
 from symbi_sandbox_orchestrator.docker_runner import DockerRunner
+from symbi_sandbox_orchestrator.metrics import SandboxMetrics
 from symbi_sandbox_orchestrator.runners import Runner, SimulatedRunner
 from symbi_sandbox_orchestrator.runtimes import probe_docker
 from symbi_sandbox_orchestrator.sessions import SessionManager
@@ -85,10 +84,11 @@ async def setup(ctx: ServiceContext) -> None:
     removed = await runner.remove_leftovers()
     if removed:
         log.warning("removed %d sandboxes a previous instance on node %s left behind", removed, node)
-    worker = Worker(ctx.nc, node, runner, cfg, ctx.instance_id, on_error=ctx.health.record_error)
+    metrics = SandboxMetrics(ctx.metrics)
+    worker = Worker(ctx.nc, node, runner, cfg, ctx.instance_id, on_error=ctx.health.record_error, metrics=metrics)
     await worker.register(ctx.serve)
     if isinstance(runner, DockerRunner):  # sessions (long-lived stdio processes) need the Docker runner
-        sessions = SessionManager(ctx.nc, node, runner, cfg, on_change=worker.changed)
+        sessions = SessionManager(ctx.nc, node, runner, cfg, on_change=worker.changed, metrics=metrics)
         worker.reservations = sessions.reserved
         await sessions.register(ctx.serve)
         ctx.stack.push_async_callback(sessions.drain, DRAIN_GRACE_S)
@@ -109,15 +109,15 @@ async def setup(ctx: ServiceContext) -> None:
     ctx.stack.push_async_callback(worker.drain, DRAIN_GRACE_S)
     ctx.health.endpoints["node"] = worker.node
 
-    running = Gauge("symbi_worker_tasks_running", "Tasks running on this worker", registry=ctx.metrics)
-    free_memory = Gauge("symbi_worker_free_memory_mb", "Memory not reserved by tasks", registry=ctx.metrics)
-    free_cpu = Gauge("symbi_worker_free_cpu_cores", "CPU not reserved by tasks", registry=ctx.metrics)
+    SandboxMetrics.node_gauges(
+        ctx.metrics,
+        running=lambda: len(worker.running()),
+        free_memory=lambda: worker.allocatable().memory_mb,
+        free_cpu=lambda: worker.allocatable().cpu_cores,
+    )
 
     def worker_check() -> CheckResult:
         free = worker.allocatable()
-        running.set(len(worker.running()))
-        free_memory.set(free.memory_mb)
-        free_cpu.set(free.cpu_cores)
         summary = (
             f"node {worker.node}: {len(worker.running())} tasks running, "
             f"{free.memory_mb}/{worker.total.memory_mb} MiB and {free.cpu_cores:g}/{worker.total.cpu_cores:g} CPU free"

@@ -28,12 +28,13 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from symbi_common import natsio, subjects
-from symbi_common.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from symbi_common.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError, SymbiError
 from symbi_common.settings import SandboxSettings
 from symbi_common.supervisor import Supervisor
 from symbi_proto.v1 import common_pb2, session_pb2
 from symbi_sandbox_orchestrator.docker_runner import DockerRunner
 from symbi_sandbox_orchestrator.docker_sessions import DockerSession, start_session
+from symbi_sandbox_orchestrator.metrics import SandboxMetrics
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ class SessionManager:
         settings: SandboxSettings,
         *,
         on_change: Callable[[], None] = lambda: None,
+        metrics: SandboxMetrics | None = None,
     ) -> None:
         self.nc = nc
+        self.metrics = metrics or SandboxMetrics(None)
         self.node = subjects.token(node)
         self.runner = runner
         self.settings = settings
@@ -96,15 +99,11 @@ class SessionManager:
         known = self.sessions.get(req.session_id)
         if known is not None:
             return known.info  # a retried open
-        subjects.token(req.session_id)
-        if len(req.session_id) > 128:
-            raise InvalidArgumentError("session_id is longer than 128 characters")
-        running = sum(1 for s in self.sessions.values() if not s.ended.is_set())
-        if running >= self.settings.max_sessions:
-            raise ResourceExhaustedError(f"node {self.node} runs {running} sessions, its maximum")
-        lease = req.lease.ToNanoseconds() / 1e9 if req.HasField("lease") else DEFAULT_LEASE_S
-        if not 1.0 <= lease <= MAX_LEASE_S:
-            raise InvalidArgumentError(f"lease must be between 1s and {MAX_LEASE_S:g}s")
+        try:
+            lease = self._admit(req)
+        except SymbiError:
+            self.metrics.refused("session", req.tier)
+            raise
         lifetime = req.limits.execution_timeout.ToNanoseconds() / 1e9 if req.limits.HasField("execution_timeout") else 0
         now = time.monotonic()
         info = S.SandboxSession(
@@ -118,6 +117,7 @@ class SessionManager:
         info.lease.FromNanoseconds(int(lease * 1e9))
         session = Session(info, req, lease, now + lease, now + lifetime if lifetime else float("inf"))
         self.sessions[req.session_id] = session
+        started = time.monotonic()
         try:
             loop = asyncio.get_running_loop()
             docker = await asyncio.to_thread(
@@ -127,7 +127,9 @@ class SessionManager:
             )  # fmt: skip
         except BaseException:
             del self.sessions[req.session_id]
+            self.metrics.failed("session", req.tier)
             raise
+        self.metrics.started("session", req.tier, time.monotonic() - started)
         session.docker = docker
         info.sandbox_id, info.runtime = docker.sandbox_id, docker.runtime
         info.started_at.GetCurrentTime()
@@ -136,6 +138,19 @@ class SessionManager:
         self.on_change()
         log.info("session %s started (%s, %s) for %s", req.session_id, docker.runtime, docker.sandbox_id, req.owner)
         return info
+
+    def _admit(self, req: session_pb2.OpenSessionRequest) -> float:
+        """Check an open request against this node's limits; returns the lease in seconds."""
+        subjects.token(req.session_id)
+        if len(req.session_id) > 128:
+            raise InvalidArgumentError("session_id is longer than 128 characters")
+        running = sum(1 for s in self.sessions.values() if not s.ended.is_set())
+        if running >= self.settings.max_sessions:
+            raise ResourceExhaustedError(f"node {self.node} runs {running} sessions, its maximum")
+        lease = req.lease.ToNanoseconds() / 1e9 if req.HasField("lease") else DEFAULT_LEASE_S
+        if not 1.0 <= lease <= MAX_LEASE_S:
+            raise InvalidArgumentError(f"lease must be between 1s and {MAX_LEASE_S:g}s")
+        return lease
 
     def _stdin_handler(self, session: Session) -> natsio.Handler[session_pb2.SessionInput]:
         async def handle(req: session_pb2.SessionInput, _: natsio.RequestMeta) -> Message:

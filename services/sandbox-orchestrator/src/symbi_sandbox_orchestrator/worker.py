@@ -37,6 +37,7 @@ from symbi_common.errors import (
 from symbi_common.settings import SandboxSettings
 from symbi_common.supervisor import Supervisor
 from symbi_proto.v1 import common_pb2, sandbox_pb2, task_pb2
+from symbi_sandbox_orchestrator.metrics import SandboxMetrics
 from symbi_sandbox_orchestrator.runners import Execution, Exit, OutputSink, Runner
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,10 @@ class Worker:
         instance_id: str,
         *,
         on_error: Callable[[str, str], None] = lambda what, why: None,
+        metrics: SandboxMetrics | None = None,
     ) -> None:
         self.nc = nc
+        self.metrics = metrics or SandboxMetrics(None)
         self.node = subjects.token(node)
         self.runner = runner
         self.settings = settings
@@ -175,15 +178,19 @@ class Worker:
         try:
             self._admit(task, known, req.output_subject)
         except SymbiError as exc:
+            self.metrics.refused("task", task.tier)
             return task_pb2.StartTaskResponse(accepted=False, error=exc.to_detail())
+        started = time.monotonic()
         slot = Slot(task, self._new_report(task))
         self.slots[task.task_id] = slot
         await self._set(slot, T.TASK_STATE_STARTING, "creating the sandbox")
         try:
             slot.execution = await self.runner.start(task, self._output_sink(req.output_subject, task.task_id))
         except SymbiError as exc:
+            self.metrics.failed("task", task.tier)
             await self._finish(slot, Exit(T.TASK_EXIT_REASON_START_FAILED, None, exc.message))
             return task_pb2.StartTaskResponse(accepted=False, error=exc.to_detail(), status=slot.report)
+        self.metrics.started("task", task.tier, time.monotonic() - started)
         slot.report.sandbox_id = slot.execution.sandbox_id
         slot.report.runtime = slot.execution.runtime
         slot.report.started_at.GetCurrentTime()
@@ -304,6 +311,7 @@ class Worker:
         else:
             state = T.TASK_STATE_FAILED
         slot.finished_at = time.monotonic()
+        self.metrics.exited(slot.task.tier, outcome.reason)
         await self._set(slot, state, outcome.detail)
         slot.done.set()
 

@@ -64,6 +64,12 @@ class SchedulerMetrics:
         self.preemptions = Counter("symbi_scheduler_preemptions", "Tasks preempted", registry=registry)
         self.finished = Counter("symbi_scheduler_tasks_finished", "Tasks ended", ["state"], registry=registry)
         self.queued = Gauge("symbi_scheduler_queued", "Tasks waiting per priority", ["priority"], registry=registry)
+        self.queue_wait = Histogram(
+            "symbi_scheduler_queue_wait_seconds",
+            "Time a task waited in the queue before it was placed",
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0),
+        )
         self.worker_memory = Gauge(
             "symbi_scheduler_worker_reserved_memory_mb", "Memory reserved per worker", ["node"], registry=registry
         )
@@ -158,6 +164,9 @@ class Engine:
             made += 1
             if isinstance(decision, Place):
                 self.metrics.placed.labels(decision.node).inc()
+                tracked = self.core.tasks.get(decision.task_id)
+                if tracked is not None:
+                    self.metrics.queue_wait.observe(max(0.0, self.now() - tracked.entry.enqueued_at))
                 self.tasks.spawn(self.dispatch(decision), name=f"dispatch-{decision.task_id}")
             elif isinstance(decision, Preempt):
                 self.metrics.preemptions.inc(len(decision.victims))
