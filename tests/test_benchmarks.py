@@ -25,6 +25,7 @@ SMOKE_ARGS = {
     "context.py": ["--quick"],
     "mcp_gateway.py": ["--quick"],
     "api.py": ["--quick"],
+    "run_all.py": ["--quick", "--only", "envelope,natsio_rpc", "--no-sweep"],
 }
 
 

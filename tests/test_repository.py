@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -44,3 +45,21 @@ def test_readme_states_the_two_commands() -> None:
     assert "scripts/test.sh" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/test.sh" in ci
+
+
+def test_readme_performance_section_is_the_committed_report() -> None:
+    """README's figures come from benchmarks/report/report.json, never typed by hand."""
+    import importlib.util
+
+    report_file = ROOT / "benchmarks" / "report" / "report.json"
+    assert report_file.exists(), "run: python benchmarks/run_all.py --readme"
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+    assert spec is not None
+    assert spec.loader is not None
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    report = json.loads(report_file.read_text())
+    assert not report["quick"], "the committed report must come from a full run"
+    assert run_all.readme_section(report) in (ROOT / "README.md").read_text()
+    for name in report["plots"]:
+        assert (ROOT / "benchmarks" / "report" / name).is_file()

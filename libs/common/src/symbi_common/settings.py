@@ -3,7 +3,8 @@
 Precedence (highest first): environment variables from ``envvars.REGISTRY``, the
 TOML file (``SYMBI_CONFIG_PATH``, else ``./symbi.toml`` if present), defaults here.
 Unknown TOML sections or keys are errors, so a typo never silently falls back to a
-default. Every error names the key, where the value came from, and the problem.
+default. Relative paths in the file are relative to the file's directory. Every
+error names the key, where the value came from, and the problem.
 
 Settings are built once in ``main`` and passed down; nothing here runs at import.
 """
