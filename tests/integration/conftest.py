@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest_asyncio
 from nats.aio.client import Client
-from symbi_testing.checks import eventually
+from symbi_testing.checks import eventually, register_policies
 from symbi_testing.fixtures import RunService
 
 from symbi_common.lifecycle_client import LifecycleClient
-from symbi_common.policy_client import PolicyClient
 from symbi_common.scheduler_client import SchedulerClient
 from symbi_common.service import ServiceRunner
 from symbi_common.settings import Settings
@@ -190,13 +189,7 @@ async def agent_stack(
     marker = request.node.get_closest_marker("scheduler")
     options = dict(marker.kwargs) if marker else {}
     policy = await run_service(POLICY, settings)
-    assert policy.ctx is not None
-    addr = policy.ctx.health.endpoints["grpc"]
-    client = PolicyClient(addr)
-    try:
-        await client.register(POLICIES, name="agent-core-tests.yaml")
-    finally:
-        await client.close()
+    addr = await register_policies(policy, POLICIES, "agent-core-tests.yaml")
     wired = core_settings(settings.with_overrides({"policy.addr": addr}), **options)
     stack = AgentStack(
         run_service, wired, nc, LifecycleClient(nc, actor="tester", timeout_s=10), SchedulerClient(nc, actor="tester")

@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from nats.aio.client import Client, RawCredentials
-from symbi_testing.checks import eventually
+from symbi_testing.checks import eventually, register_policies
 from symbi_testing.fixtures import RunService, SecuredNats, make_settings
 from symbi_testing.streams import audit_events, delete_stream, wait_for_audit
 
@@ -161,13 +161,7 @@ async def start_bus_stack(
     for name in BUS_STREAMS:
         await delete_stream(nc, name)
     policy = await run_service(POLICY, settings)
-    assert policy.ctx is not None
-    addr = policy.ctx.health.endpoints["grpc"]
-    client = PolicyClient(addr)
-    try:
-        await client.register(POLICIES, name="bus-tests.yaml")
-    finally:
-        await client.close()
+    addr = await register_policies(policy, POLICIES, "bus-tests.yaml")
     settings = settings.with_overrides({"policy.addr": addr})
     await run_service(LIFECYCLE, settings)
     redis = aioredis.Redis.from_url(redis_url, socket_timeout=5)

@@ -22,7 +22,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from google.protobuf.json_format import MessageToDict
 from nats.aio.client import Client
-from symbi_testing.checks import eventually, health_of
+from symbi_testing.checks import eventually, health_of, register_policies
 from symbi_testing.fixtures import AUDIT_TEST_STREAMS, make_settings
 from symbi_testing.mcp_support import SERVER_SCRIPT, Signer, WellKnownServer, signed_config, write_config
 from symbi_testing.streams import delete_stream
@@ -32,7 +32,6 @@ from symbi_api.service import SPEC as API
 from symbi_audit.service import SPEC as AUDIT
 from symbi_common import natsio, subjects
 from symbi_common.lifecycle_client import LifecycleClient
-from symbi_common.policy_client import PolicyClient
 from symbi_common.service import ServiceRunner, ServiceSpec
 from symbi_common.settings import Settings
 from symbi_context.service import SPEC as CONTEXT
@@ -181,13 +180,7 @@ async def api_stack(nats_url: str, redis_url: str, tmp_path_factory: pytest.Temp
     stack: ApiStack | None = None
     try:
         policy = await _start(POLICY, base, runners, "policy")
-        assert policy.ctx is not None
-        addr = policy.ctx.health.endpoints["grpc"]
-        client = PolicyClient(addr)
-        try:
-            await client.register(POLICIES, name="api-tests.yaml")
-        finally:
-            await client.close()
+        addr = await register_policies(policy, POLICIES, "api-tests.yaml")
         admin_key = "test-admin-" + secrets.token_hex(24)
         settings = base.with_overrides(
             {"policy.addr": addr, "api.admin_key": admin_key, "audit.checkpoint_interval_s": 0.2,

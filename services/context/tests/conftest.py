@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest_asyncio
 from nats.aio.client import Client
+from symbi_testing.checks import register_policies
 from symbi_testing.fixtures import RunService
 
 from symbi_common import natsio, subjects
 from symbi_common.lifecycle_client import LifecycleClient
-from symbi_common.policy_client import PolicyClient
 from symbi_common.service import ServiceRunner
 from symbi_common.settings import Settings
 from symbi_context.service import SPEC as CONTEXT
@@ -123,14 +123,7 @@ class ContextStack:
 
 async def start_policy(run_service: RunService, settings: Settings) -> str:
     runner = await run_service(POLICY, settings)
-    assert runner.ctx is not None
-    addr = runner.ctx.health.endpoints["grpc"]
-    client = PolicyClient(addr)
-    try:
-        await client.register(POLICIES, name="context-tests.yaml")
-    finally:
-        await client.close()
-    return addr
+    return await register_policies(runner, POLICIES, "context-tests.yaml")
 
 
 def context_settings(settings: Settings, addr: str, url: str) -> Settings:

@@ -10,11 +10,11 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from symbi_testing.checks import register_policies
 from symbi_testing.fixtures import RunService
 
 from symbi_common import natsio, subjects
 from symbi_common.lifecycle_client import LifecycleClient
-from symbi_common.policy_client import PolicyClient
 from symbi_common.settings import Settings
 from symbi_lifecycle.service import SPEC
 from symbi_policy.service import SPEC as POLICY_SPEC
@@ -72,13 +72,7 @@ class SchedulerDouble:
 @pytest_asyncio.fixture
 async def policy_settings(run_service: RunService, settings: Settings, fresh_policy_log: None) -> Settings:
     runner = await run_service(POLICY_SPEC)
-    assert runner.ctx is not None
-    addr = runner.ctx.health.endpoints["grpc"]
-    client = PolicyClient(addr)
-    try:
-        await client.register(CREATORS, name="creators.yaml")
-    finally:
-        await client.close()
+    addr = await register_policies(runner, CREATORS, "creators.yaml")
     return settings.with_overrides({"policy.addr": addr, "lifecycle.stop_timeout_s": 2.0})
 
 

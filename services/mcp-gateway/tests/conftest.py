@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest_asyncio
 from nats.aio.client import Client
+from symbi_testing.checks import register_policies
 from symbi_testing.fixtures import RunService
 from symbi_testing.mcp_support import McpStack, WellKnownServer
 
-from symbi_common.policy_client import PolicyClient
 from symbi_common.settings import Settings
 from symbi_mcp_gateway.service import SPEC
 from symbi_policy.service import SPEC as POLICY_SPEC
@@ -89,13 +89,7 @@ rules:
 @pytest_asyncio.fixture
 async def policy_settings(run_service: RunService, settings: Settings, fresh_policy_log: None) -> Settings:
     runner = await run_service(POLICY_SPEC)
-    assert runner.ctx is not None
-    addr = runner.ctx.health.endpoints["grpc"]
-    client = PolicyClient(addr)
-    try:
-        await client.register(POLICY, name="mcp-tests.yaml")
-    finally:
-        await client.close()
+    addr = await register_policies(runner, POLICY, "mcp-tests.yaml")
     return settings.with_overrides({"policy.addr": addr})
 
 

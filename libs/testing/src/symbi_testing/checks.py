@@ -57,3 +57,17 @@ async def eventually(
         if time.monotonic() - started > timeout_s:
             raise AssertionError(f"{what} did not hold within {timeout_s}s")
         await asyncio.sleep(0.005)
+
+
+async def register_policies(runner: ServiceRunner, text: str, name: str) -> str:
+    """Register policy ``text`` on a running policy service; returns its gRPC address (``policy.addr``)."""
+    from symbi_common.policy_client import PolicyClient
+
+    assert runner.ctx is not None
+    addr = runner.ctx.health.endpoints["grpc"]
+    client = PolicyClient(addr)
+    try:
+        await client.register(text, name=name)
+    finally:
+        await client.close()
+    return addr
