@@ -12,7 +12,7 @@ from symbi_testing.checks import eventually
 from symbi_testing.streams import audit_events, details
 
 from symbi_common import audit_events as ae
-from symbi_common import embedded, natsio
+from symbi_common import embedded, natsio, telemetry
 from symbi_common.ids import new_id
 from symbi_common.settings import NatsSettings
 from symbi_proto.v1 import audit_pb2
@@ -42,6 +42,22 @@ async def test_offered_events_are_stored_once_in_order(nc: Client) -> None:
     assert [int(details(e)["n"]) for e in stored] == list(range(500))
     assert buffer.published == 500
     assert buffer.healthy
+
+
+async def test_events_built_later_carry_the_trace_of_the_action(nc: Client, span_exporter: object) -> None:
+    buffer = ae.AuditBuffer(nc.jetstream())
+    tag = new_id()[-8:]
+    with telemetry.tracer().start_as_current_span("the action") as span:
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+        assert buffer.offer(functools.partial(event, tag, 1))  # built outside the span, by the buffer's task
+    assert buffer.offer(functools.partial(event, tag, 2))  # offered outside any trace
+    task = await run_buffer(buffer)
+    try:
+        assert await buffer.flush(10)
+    finally:
+        task.cancel()
+    stored = await audit_events(nc, f"test.buffer.{tag}")
+    assert [e.trace_id for e in stored] == [trace_id, ""]
 
 
 async def test_a_full_buffer_refuses_so_callers_can_fail_closed(nc: Client) -> None:

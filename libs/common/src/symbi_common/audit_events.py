@@ -140,13 +140,8 @@ def build_event(
     correlation_id: str = "",
     tenant: str = "",
     data_labels: Iterable[str] = (),
-    trace_id: str | None = None,
 ) -> audit_pb2.AuditEvent:
-    """A new event with a fresh id, the current time and ``trace_id`` (default: the current span's).
-
-    Events built later, off the caller's path (``AuditBuffer.offer`` of a builder), must be
-    given the trace id captured when the action happened (``current_trace_id()``).
-    """
+    """A new event with a fresh id, the current time and the current trace id."""
     _checked_type(event_type)
     event = audit_pb2.AuditEvent(
         event_id=new_id(),
@@ -160,7 +155,7 @@ def build_event(
     )
     fill_details(event.details, details)
     event.timestamp.seconds, event.timestamp.nanos = divmod(time.time_ns(), 1_000_000_000)
-    event.trace_id = current_trace_id() if trace_id is None else trace_id
+    event.trace_id = current_trace_id()
     return event
 
 
@@ -225,11 +220,24 @@ class AuditPublisher:
 EventSource = audit_pb2.AuditEvent | Callable[[], audit_pb2.AuditEvent]
 
 
+def _in_trace(build: Callable[[], audit_pb2.AuditEvent], trace_id: str) -> Callable[[], audit_pb2.AuditEvent]:
+    """A builder whose event carries ``trace_id`` (that of the action), though it is built later, elsewhere."""
+
+    def built() -> audit_pb2.AuditEvent:
+        event = build()
+        if not event.trace_id:
+            event.trace_id = trace_id
+        return event
+
+    return built
+
+
 class AuditBuffer:
     """Audit emission for hot paths: never blocks the caller, never drops silently.
 
     ``offer`` queues an event, or a zero-argument function that builds one (so the
-    cost of building it is off the caller's path), and returns ``False`` when
+    cost of building it is off the caller's path; the event gets the trace id current
+    at ``offer``, the action's), and returns ``False`` when
     ``capacity`` events are already waiting: the caller must then fail closed. The
     background task ``run`` builds queued events and publishes them into the AUDIT
     stream as ``AuditBatch`` messages on ``symbi.audit.batch`` (up to ``window``
@@ -287,6 +295,8 @@ class AuditBuffer:
             return True
         if self.pending >= self.capacity:
             return False
+        if not isinstance(event, audit_pb2.AuditEvent):
+            event = _in_trace(event, current_trace_id())
         self._queue.append(event)
         self._idle.clear()
         self._wake.set()

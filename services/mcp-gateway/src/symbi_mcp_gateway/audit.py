@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from symbi_common.audit_events import AuditBuffer, AuditSink, build_event, current_trace_id
+from symbi_common.audit_events import AuditBuffer, AuditSink, build_event
 from symbi_common.errors import UnavailableError
 from symbi_proto.v1 import audit_pb2
 
@@ -44,11 +44,9 @@ class Recorder:
         if not agent:
             details = {**details, "requested_by": req.requested_by}
 
-        trace_id = current_trace_id()
-
         def event() -> audit_pb2.AuditEvent:
             return build_event(event_type, source=self.source, agent_id=agent, details=details, outcome=outcome,
-                               correlation_id=call.correlation_id, trace_id=trace_id,
+                               correlation_id=call.correlation_id,
                                tenant=call.who.tenant if call.who is not None else "")  # fmt: skip
 
         if durable:
@@ -59,10 +57,8 @@ class Recorder:
     def note(self, event_type: str, details: dict[str, Any]) -> None:
         """Record an event about servers, tools or pins (never blocks; a full buffer is logged)."""
 
-        trace_id = current_trace_id()
-
         def event() -> audit_pb2.AuditEvent:
-            return build_event(event_type, source=self.source, details=details, trace_id=trace_id)
+            return build_event(event_type, source=self.source, details=details)
 
         if not self.buffer.offer(event):
             log.error("audit buffer full: %s event lost (%s)", event_type, details)

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 
 from symbi_common import envelope, natsio, policy_client, subjects
-from symbi_common.audit_events import AuditBuffer, build_event, current_trace_id
+from symbi_common.audit_events import AuditBuffer, build_event
 from symbi_common.bus.client import GRANT_CONTENT_TYPE, ROUTER_ID
 from symbi_common.envelope import AgentKeys
 from symbi_common.errors import NotFoundError, PermissionDeniedError, UnavailableError
@@ -141,7 +141,7 @@ class Control:
                 log.warning("rejected message from %s not kept as a dead letter: %s", header.sender, exc)
 
     def _audit(self, event_type: str, agent_id: str, details: dict[str, Any], outcome: int) -> None:
-        source, trace_id = self.instance_id, current_trace_id()
+        source = self.instance_id
         if not self.audit.offer(
             lambda: build_event(
                 event_type,
@@ -149,7 +149,6 @@ class Control:
                 agent_id=agent_id,
                 details=details,
                 outcome=outcome,  # type: ignore[arg-type]
-                trace_id=trace_id,
             )
         ):
             log.error("audit buffer full: %s for %s not recorded", event_type, agent_id)

@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from nats.js import JetStreamContext
 
 from symbi_common import natsauth, natsio, policy_client, subjects
-from symbi_common.audit_events import AuditBuffer, build_event, current_trace_id
+from symbi_common.audit_events import AuditBuffer, build_event
 from symbi_common.bus import inbox
 from symbi_common.envelope import AgentKeys
 from symbi_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -120,11 +120,9 @@ class CredentialDesk:
             "ttl_s": ttl_s,
             "requested_by": req.requested_by,
         }
-        source, trace_id = self.instance_id, current_trace_id()
+        source = self.instance_id
         if not self.audit.offer(
-            lambda: build_event(
-                "bus.credentials_issued", source=source, agent_id=req.agent_id, details=details, trace_id=trace_id
-            )
+            lambda: build_event("bus.credentials_issued", source=source, agent_id=req.agent_id, details=details)
         ):
             raise FailedPreconditionError("audit trail unavailable; no credentials are issued unaudited")
         return out

@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from symbi_common import deadletters, natsio, subjects
-from symbi_common.audit_events import AuditBuffer, build_event, current_trace_id
+from symbi_common.audit_events import AuditBuffer, build_event
 from symbi_common.errors import UnavailableError
 from symbi_lifecycle.bus.metrics import RouterMetrics
 from symbi_proto.v1 import audit_pb2
@@ -85,11 +85,9 @@ class DeadLetters:
         self.metrics.dead_letters.labels(reason).inc()
         recipient = subject.rsplit(".", 1)[-1]
         details = {"subject": subject, "reason": reason, "detail": detail[:1000], "attempts": attempts}
-        trace_id = current_trace_id()
         if not self.audit.offer(
             lambda: build_event(
                 "message.dead_lettered",
-                trace_id=trace_id,
                 source=self.instance_id,
                 agent_id=recipient,
                 details=details,

@@ -46,7 +46,7 @@ from nats.js import JetStreamContext
 from redis.exceptions import RedisError
 
 from symbi_common import envelope, natsio, policy_client, subjects, telemetry
-from symbi_common.audit_events import AuditBuffer, build_event, current_trace_id
+from symbi_common.audit_events import AuditBuffer, build_event
 from symbi_common.envelope import EnvelopeRejected
 from symbi_common.errors import InvalidArgumentError, SymbiError
 from symbi_common.policy_client import PolicyDecider, Target
@@ -357,12 +357,11 @@ class Router:
     def _audit(
         self, event_type: str, agent_id: str, details: dict[str, Any], outcome: int, correlation_id: str
     ) -> None:
-        source, trace_id = self.d.instance_id, current_trace_id()
+        source = self.d.instance_id
 
         def build() -> audit_pb2.AuditEvent:
             return build_event(
                 event_type,
-                trace_id=trace_id,
                 source=source,
                 agent_id=agent_id if subjects_token_ok(agent_id) else "",
                 details=details,
