@@ -226,16 +226,7 @@ class Inbox:
 
 
 async def stream_messages(nc: Client, stream: str, subject: str) -> list[bytes]:
-    js = nc.jetstream(timeout=5)
-    out: list[bytes] = []
-    seq = 1
-    while True:
-        try:
-            raw = await js.get_msg(stream, seq, subject=subject, next=True)
-        except Exception:
-            return out
-        out.append(raw.data or b"")
-        seq = int(raw.seq or seq) + 1
+    return [raw.data or b"" async for raw in natsio.stream_messages(nc.jetstream(timeout=5), stream, subject)]
 
 
 async def dead_letters(nc: Client) -> list[common_pb2.DeadLetter]:

@@ -24,7 +24,7 @@ from nats.aio.client import Client
 
 from symbi_cli import subcommands
 from symbi_cli.stack import nats_settings_for
-from symbi_common import natsio, subjects
+from symbi_common import deadletters, natsio, subjects
 from symbi_common.bus.client import AgentBus
 from symbi_common.envelope import Opened
 from symbi_common.errors import SymbiError
@@ -126,16 +126,8 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _dead_letters(args: argparse.Namespace) -> int:
     async def work(nc: Client) -> int:
-        js = nc.jetstream(timeout=5)
-        letters: list[common_pb2.DeadLetter] = []
-        seq = 1
-        while True:
-            try:
-                raw = await js.get_msg("DEADLETTER", seq, subject=subjects.MESSAGE_DEAD_LETTER, next=True)
-            except Exception:
-                break
-            letters.append(common_pb2.DeadLetter.FromString(raw.data or b""))
-            seq = int(raw.seq or seq) + 1
+        stored = natsio.stream_messages(nc.jetstream(timeout=5), deadletters.STREAM, subjects.MESSAGE_DEAD_LETTER)
+        letters = [common_pb2.DeadLetter.FromString(raw.data or b"") async for raw in stored]
         for letter in letters[-args.limit :]:
             if args.json:
                 doc = MessageToDict(letter, preserving_proto_field_name=True)

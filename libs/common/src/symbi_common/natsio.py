@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -24,7 +24,7 @@ from nats.aio.client import Client, RawCredentials
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import RawStreamMsg, StreamConfig
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -415,6 +415,26 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig, name: str) 
     if sorted(info.config.subjects or []) != sorted(config.subjects or []):
         await js.update_stream(config)
         log.info("updated JetStream stream %s subjects to %s", name, config.subjects)
+
+
+async def stream_messages(
+    js: JetStreamContext, stream: str, subject: str, *, from_sequence: int = 1, timeout: float = 5.0
+) -> AsyncIterator[RawStreamMsg]:
+    """The messages of ``stream`` on ``subject``, oldest first, read one by one (no consumer is made).
+
+    Ends at the last one (or at once when the stream does not exist); a broker that cannot
+    answer raises the typed error. Deleting the message just read does not disturb it.
+    """
+    seq = from_sequence
+    while True:
+        try:
+            raw = await js.get_msg(stream, seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return
+        except Exception as exc:
+            raise map_error(exc, f"$JS.API.STREAM.MSG.GET.{stream}", timeout) from exc
+        yield raw
+        seq = int(raw.seq or seq) + 1
 
 
 async def publish_durable(

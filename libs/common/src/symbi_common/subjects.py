@@ -193,9 +193,14 @@ def dotted(value: str) -> str:
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+def is_token(value: str) -> bool:
+    """Whether ``value`` may stand as one subject token (see ``token``)."""
+    return _TOKEN.fullmatch(value) is not None
+
+
 def token(value: str) -> str:
     """Validate one subject token: no dots, wildcards or whitespace may be smuggled in."""
-    if not _TOKEN.fullmatch(value):
+    if not is_token(value):
         from symbi_common.errors import InvalidArgumentError
 
         raise InvalidArgumentError(f"{value!r} is not a valid subject token (letters, digits, '-', '_')")

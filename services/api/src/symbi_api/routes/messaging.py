@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import nats.js.errors
 from fastapi import APIRouter, Depends, Query
 
 from symbi_api.auth import require
@@ -34,16 +33,15 @@ async def dead_letters(
     js = a.nc.jetstream(timeout=a.timeout_s)
     letters: list[JsonObject] = []
     seq = from_sequence
-    while len(letters) < limit:
-        try:
-            raw = await js.get_msg(deadletters.STREAM, seq, subject=subjects.MESSAGE_DEAD_LETTER, next=True)
-        except nats.js.errors.NotFoundError:
-            break
-        except Exception as exc:
-            raise natsio.map_error(exc, f"$JS.API.STREAM.MSG.GET.{deadletters.STREAM}", a.timeout_s) from exc
+    stored = natsio.stream_messages(
+        js, deadletters.STREAM, subjects.MESSAGE_DEAD_LETTER, from_sequence=from_sequence, timeout=a.timeout_s
+    )
+    async for raw in stored:
         doc = to_json(common_pb2.DeadLetter.FromString(raw.data or b""))
         doc.pop("payload", None)
         doc["sequence"] = int(raw.seq or seq)
         letters.append(doc)
         seq = int(raw.seq or seq) + 1
+        if len(letters) >= limit:
+            break
     return {"dead_letters": letters, "next_sequence": seq}

@@ -65,7 +65,7 @@ class Control:
             return agent_pb2.GetAgentIdentityResponse(
                 agent_id=ROUTER_ID, identity=self.router_keys.identity(), state=agent_pb2.AGENT_STATE_READY
             )
-        info = await self.directory.get(req.agent_id) if _valid(req.agent_id) else None
+        info = await self.directory.get(req.agent_id) if subjects.is_token(req.agent_id) else None
         if info is None:
             raise NotFoundError(f"no agent {req.agent_id!r}")
         return agent_pb2.GetAgentIdentityResponse(agent_id=info.agent_id, identity=info.identity, state=info.state)
@@ -152,11 +152,3 @@ class Control:
             )
         ):
             log.error("audit buffer full: %s for %s not recorded", event_type, agent_id)
-
-
-def _valid(agent_id: str) -> bool:
-    try:
-        subjects.token(agent_id)
-    except Exception:
-        return False
-    return True

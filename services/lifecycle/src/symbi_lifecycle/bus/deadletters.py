@@ -15,7 +15,6 @@ Every dead letter is counted (``symbi_message_dead_letters``) and audited.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -144,19 +143,12 @@ class DeadLetters:
     async def empty_inbox(self, agent_id: str, reason: str) -> int:
         """Move everything waiting in an agent's inbox to the dead letters (its agent has ended)."""
         subject = subjects.bus_inbox(agent_id)
-        moved, seq = 0, 1
-        while True:
-            try:
-                raw = await self.js.get_msg(subjects.INBOX_STREAM, seq, subject=subject, next=True)
-            except nats.js.errors.NotFoundError:
-                return moved
-            except Exception as exc:
-                raise UnavailableError(f"cannot read the inbox of {agent_id}: {exc!r}") from exc
+        moved = 0
+        async for raw in natsio.stream_messages(self.js, subjects.INBOX_STREAM, subject):
             await self.park(subject, raw.data or b"", "recipient_ended", reason)
-            await self._delete(subjects.INBOX_STREAM, int(raw.seq or seq))
-            seq = int(raw.seq or seq) + 1
+            await self._delete(subjects.INBOX_STREAM, int(raw.seq or 0))
             moved += 1
-            await asyncio.sleep(0)
+        return moved
 
     async def _delete(self, stream: str, seq: int) -> None:
         try:

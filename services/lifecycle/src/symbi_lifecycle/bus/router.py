@@ -48,7 +48,7 @@ from redis.exceptions import RedisError
 from symbi_common import envelope, natsio, policy_client, subjects, telemetry
 from symbi_common.audit_events import AuditBuffer, build_event
 from symbi_common.envelope import EnvelopeRejected
-from symbi_common.errors import InvalidArgumentError, SymbiError
+from symbi_common.errors import InvalidArgumentError
 from symbi_common.policy_client import PolicyDecider, Target
 from symbi_common.ratelimit import RateLimiter, limits_of, rate_limit
 from symbi_common.redisio import as_bytes
@@ -363,7 +363,7 @@ class Router:
             return build_event(
                 event_type,
                 source=source,
-                agent_id=agent_id if subjects_token_ok(agent_id) else "",
+                agent_id=agent_id if subjects.is_token(agent_id) else "",
                 details=details,
                 outcome=outcome,  # type: ignore[arg-type]
                 correlation_id=correlation_id,
@@ -371,14 +371,6 @@ class Router:
 
         if not self.d.audit.offer(build):
             log.error("audit buffer full: %s for %s not recorded", event_type, correlation_id)
-
-
-def subjects_token_ok(value: str) -> bool:
-    try:
-        subjects.token(value)
-    except SymbiError:
-        return False
-    return True
 
 
 def _request_ttl(header: message_pb2.MessageHeader) -> float:

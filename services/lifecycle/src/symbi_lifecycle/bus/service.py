@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from symbi_common import natsio, subjects
 from symbi_common.audit_events import AuditBuffer
 from symbi_common.bus import inbox
-from symbi_common.errors import UnavailableError
+from symbi_common.errors import SymbiError
 from symbi_common.health import DEGRADED, SERVING, CheckResult
 from symbi_common.natsauth import CredentialIssuer
 from symbi_common.policy_client import PolicyDecider
@@ -137,7 +137,7 @@ async def _retire(ctx: ServiceContext, dead: DeadLetters, topics: TopicKeys, age
         rotated = await topics.revoke_grants(agent_id)
         moved = await dead.empty_inbox(agent_id, "recipient was terminated")
         await inbox.delete_consumer(ctx.js, agent_id)
-    except UnavailableError as exc:
+    except SymbiError as exc:  # the broker or Redis cannot answer now: what waited stays until its max age
         log.warning("bus state of terminated agent %s not cleaned up: %s", agent_id, exc)
         return
     if rotated:
