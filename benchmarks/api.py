@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+from _measure import measure
 
 from symbi_api.keys import KeySpec, KeyStore
 from symbi_api.service import SPEC as API
@@ -29,30 +27,6 @@ from symbi_common import embedded, natsio, redisio, subjects
 from symbi_common.service import ServiceRunner
 from symbi_common.settings import Settings
 from symbi_proto.v1 import audit_pb2
-
-
-async def measure(call: Callable[[], Awaitable[object]], requests: int, concurrency: int) -> dict[str, float]:
-    for _ in range(min(100, requests)):  # warm-up
-        await call()
-    latencies = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        await call()
-        latencies.append(time.perf_counter() - started)
-    latencies.sort()
-
-    async def worker(n: int) -> None:
-        for _ in range(n):
-            await call()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(requests // concurrency) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return {
-        "p50_us": statistics.median(latencies) * 1e6,
-        "p99_us": latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1e6,
-        "throughput_rps": (requests // concurrency) * concurrency / elapsed,
-    }
 
 
 async def run(
@@ -88,8 +62,8 @@ async def run(
                 return response.json()
 
             return {
-                "nats request": await measure(direct, requests, concurrency),
-                "http api": await measure(through_api, requests, concurrency),
+                "nats request": await measure(direct, requests, concurrency, warmup=100),
+                "http api": await measure(through_api, requests, concurrency, warmup=100),
             }
     finally:
         await nc.close()

@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from _measure import measure
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -23,30 +21,6 @@ from symbi_common.settings import NatsSettings
 from symbi_proto.v1 import health_pb2
 
 PAYLOAD = health_pb2.HealthStatus(service="bench", instance_id="x" * 64, version="0.1.0")
-
-
-async def measure(call: Callable[[], Awaitable[object]], requests: int, concurrency: int) -> dict[str, float]:
-    for _ in range(min(200, requests)):  # warm-up
-        await call()
-    latencies = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        await call()
-        latencies.append(time.perf_counter() - started)
-    latencies.sort()
-
-    async def worker(n: int) -> None:
-        for _ in range(n):
-            await call()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(requests // concurrency) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return {
-        "p50_us": statistics.median(latencies) * 1e6,
-        "p99_us": latencies[int(len(latencies) * 0.99) - 1] * 1e6,
-        "throughput_rps": (requests // concurrency) * concurrency / elapsed,
-    }
 
 
 async def run(requests: int, concurrency: int, url: str) -> dict[str, dict[str, float]]:
@@ -76,8 +50,8 @@ async def run(requests: int, concurrency: int, url: str) -> dict[str, dict[str, 
             )
 
         return {
-            "raw nats-py": await measure(raw, requests, concurrency),
-            "symbi natsio": await measure(typed, requests, concurrency),
+            "raw nats-py": await measure(raw, requests, concurrency, warmup=200),
+            "symbi natsio": await measure(typed, requests, concurrency, warmup=200),
         }
     finally:
         await client_nc.close()
