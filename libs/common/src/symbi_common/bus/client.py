@@ -358,6 +358,16 @@ class AgentBus:
         """Open an envelope from the wire, or report why not (to the router) and return None."""
         try:
             message = envelope.parse_wire(data, self.settings.max_payload_bytes)
+        except EnvelopeRejected as exc:
+            await self.refused(exc, data)
+            return None
+        return await self.open_received(message, data, now=now, replay=replay)
+
+    async def open_received(
+        self, message: message_pb2.SecureMessage, data: bytes, *, now: float | None = None, replay: bool = True
+    ) -> Opened | None:
+        """``receive`` of an envelope already parsed from ``data``."""
+        try:
             if not self.directory.fresh(message.header.sender) and message.header.sender:
                 try:
                     await self.identity(message.header.sender)
@@ -367,11 +377,15 @@ class AgentBus:
                 await self._maybe_refresh_topic_key(message.header)
             opened = await self.opener.open(message, now=now, replay=replay)
         except EnvelopeRejected as exc:
-            self.stats.reject(exc.reason)
-            await self.report_rejection(exc, data)
+            await self.refused(exc, data)
             return None
         self.stats.received += 1
         return opened
+
+    async def refused(self, exc: EnvelopeRejected, data: bytes) -> None:
+        """Count a refused envelope and report it to the router."""
+        self.stats.reject(exc.reason)
+        await self.report_rejection(exc, data)
 
     async def _maybe_refresh_topic_key(self, header: message_pb2.MessageHeader) -> None:
         if header.key_id.startswith(f"topic:{header.topic}:"):

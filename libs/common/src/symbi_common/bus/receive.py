@@ -101,15 +101,17 @@ class InboxConsumer:
     async def _one(self, msg: Msg) -> None:
         meta = msg.metadata
         try:
-            message_id = envelope.parse_wire(msg.data, self.bus.settings.max_payload_bytes).header.message_id
-        except EnvelopeRejected:
-            message_id = ""
-        if message_id and await self.bus.processed.done(message_id):
+            message = envelope.parse_wire(msg.data, self.bus.settings.max_payload_bytes)
+        except EnvelopeRejected as exc:
+            await self.bus.refused(exc, msg.data)
+            await msg.ack()  # reported to the router, which keeps it as a dead letter
+            return
+        if await self.bus.processed.done(message.header.message_id):
             self.bus.stats.duplicates += 1
             await msg.ack()
             return
         stored = meta.timestamp.timestamp() if meta.timestamp is not None else None
-        opened = await self.bus.receive(msg.data, now=stored, replay=False)
+        opened = await self.bus.open_received(message, msg.data, now=stored, replay=False)
         if opened is None:
             await msg.ack()  # reported to the router, which keeps it as a dead letter
             return
