@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.json_format import MessageToDict
 from nats.aio.client import Client
 
 from symbi_cli import subcommands
@@ -156,11 +156,6 @@ def _credentials(args: argparse.Namespace) -> int:
         return 0
 
     return subcommands.with_nats(args, work)
-
-
-def load_credentials(path: Path) -> M.BusCredentials:
-    """Read a file written by ``symbi bus credentials``."""
-    return ParseDict(json.loads(path.read_text()), M.BusCredentials())
 
 
 def _send(args: argparse.Namespace) -> int:
